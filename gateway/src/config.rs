@@ -1,0 +1,118 @@
+//! Command-line flags of the `gateway` binary. Every flag can also be given
+//! as a `GATEWAY_*` environment variable, so the same binary runs from a
+//! shell, a systemd unit or the local cluster script.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Which adapter runs the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Answers every crawl at once with `levels: [[url]]`; for benchmarks.
+    Echo,
+    /// Crawls in-process: master and worker threads, in-memory cache.
+    Embedded,
+    /// RabbitMQ masters and workers, Redis cache and result store.
+    Amqp,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gateway", version, about = "Websocket gateway for long-running crawl jobs")]
+pub struct Config {
+    /// Address the websocket endpoint (`/ws` and `/`) listens on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:5555")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP server: /metrics, /healthz, /readyz and a
+    /// status page at /.
+    #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:5556")]
+    pub admin: SocketAddr,
+
+    /// Which backend runs the jobs.
+    #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value = "echo")]
+    pub backend: BackendKind,
+
+    /// Open websocket connections above which new upgrades are refused with
+    /// HTTP 503. One process may hold at most 20,000 file descriptors here.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Seconds of silence from a client after which it is sent a websocket
+    /// ping; a client that has not answered by the next interval is closed.
+    #[arg(long, env = "GATEWAY_PING_INTERVAL", default_value_t = 30)]
+    pub ping_interval: u32,
+
+    /// Seconds without a message from a client (pongs do not count) after
+    /// which it is closed, unless one of its jobs is still running. 0 = never.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT", default_value_t = 600)]
+    pub idle_timeout: u32,
+
+    /// Largest websocket message (and frame) a client may send, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Bytes of results queued for a client that does not read them, after
+    /// which the client is closed as too slow.
+    #[arg(long, env = "GATEWAY_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+
+    /// Seconds a new connection has to complete its websocket handshake.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u32,
+
+    /// Jobs one connection may have running at once.
+    #[arg(long, env = "GATEWAY_MAX_JOBS_PER_CONNECTION", default_value_t = 1)]
+    pub max_jobs_per_connection: u8,
+
+    /// Seconds over which connections are closed (code 1012) on SIGTERM, so
+    /// that clients do not all reconnect elsewhere in the same instant.
+    #[arg(long, env = "GATEWAY_DRAIN_WINDOW", default_value_t = 10)]
+    pub drain_window: u32,
+
+    /// Reader threads that handshake, parse and answer ready connections.
+    /// Default: one per core.
+    #[arg(long, env = "GATEWAY_READERS")]
+    pub readers: Option<usize>,
+
+    /// Name of this gateway in logs, metrics, job keys and the registry.
+    /// Default: gw-<listen port>.
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// With the echo backend: milliseconds before each crawl is answered,
+    /// to stand in for long-running jobs.
+    #[arg(long, env = "GATEWAY_ECHO_DELAY_MS", default_value_t = 0)]
+    pub echo_delay_ms: u64,
+
+    /// Crawl limit: deepest crawl a client may ask for.
+    #[arg(long, env = "GATEWAY_MAX_DEPTH", default_value_t = 5)]
+    pub max_depth: u32,
+
+    /// Crawl limit: pages fetched per job at most.
+    #[arg(long, env = "GATEWAY_MAX_PAGES", default_value_t = 1000)]
+    pub max_pages: u32,
+
+    /// Let crawls fetch private, loopback and link-local addresses. Only for
+    /// tests against local fixture sites: a public gateway that fetches
+    /// whatever clients name is an SSRF hole.
+    #[arg(long, env = "GATEWAY_ALLOW_PRIVATE")]
+    pub allow_private: bool,
+}
+
+impl Config {
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| format!("gw-{}", self.listen.port()))
+    }
+
+    pub fn readers(&self) -> usize {
+        self.readers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout.into())
+    }
+}

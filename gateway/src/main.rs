@@ -1,0 +1,65 @@
+//! `gateway`: run the websocket gateway. With no flags it listens on
+//! 127.0.0.1:5555 (websockets) and 127.0.0.1:5556 (admin) and needs nothing
+//! else running.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use gateway::backend::echo::EchoBackend;
+use gateway::backend::Backend;
+use gateway::config::{BackendKind, Config};
+use gateway::metrics::Metrics;
+use gateway::reactor::Reactor;
+use gateway::status::Status;
+use tracing::{error, info};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> std::io::Result<()> {
+    let node_id = config.node_id();
+    let backend_name = match config.backend {
+        BackendKind::Echo => "echo",
+        BackendKind::Embedded => "embedded",
+        BackendKind::Amqp => "amqp",
+    };
+    let metrics = Arc::new(Metrics::new(&node_id));
+    let status = Arc::new(Status::new(node_id.clone(), backend_name, config.max_connections));
+    let backend_kind = config.backend;
+    let echo_delay = std::time::Duration::from_millis(config.echo_delay_ms);
+    let reactor = Reactor::bind(&config, metrics.clone(), status.clone(), |sink| {
+        let backend: Box<dyn Backend> = match backend_kind {
+            BackendKind::Echo => Box::new(EchoBackend::new(sink, echo_delay)?),
+            other => {
+                return Err(std::io::Error::other(format!("backend {other:?} is not available in this build")))
+            }
+        };
+        Ok(backend)
+    })?;
+    let admin = gateway::admin::spawn(config.admin, metrics, status)?;
+    gateway::shutdown::on_signals_drain(reactor.handle())?;
+    let ws = reactor.handle().local_addr;
+    info!(node = %node_id, backend = backend_name, %ws, %admin, "gateway listening");
+    // One machine-readable line on stdout, for scripts and tests that start
+    // the gateway on port 0.
+    println!("listening ws=ws://{ws}/ws admin=http://{admin}");
+    let _ = std::io::stdout().flush();
+    reactor.run()
+}
