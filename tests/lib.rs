@@ -1,1 +1,3 @@
 //! Helpers shared by the end-to-end tests: starting binaries, services and fixture sites.
+
+pub mod fixture;

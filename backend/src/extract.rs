@@ -53,7 +53,7 @@ impl Extractor {
                 let mut f = links.borrow_mut();
                 if f.hrefs.len() < MAX_LINKS_PER_PAGE {
                     if let Some(href) = el.get_attribute("href") {
-                        f.hrefs.push(href);
+                        f.hrefs.push(htmlize::unescape_attribute(href).into_owned());
                     }
                 }
                 Ok(())
@@ -62,7 +62,7 @@ impl Extractor {
                 let mut f = base.borrow_mut();
                 // Only the first <base href> counts (HTML: "frozen base URL").
                 if f.base.is_none() {
-                    f.base = el.get_attribute("href");
+                    f.base = el.get_attribute("href").map(|b| htmlize::unescape_attribute(b).into_owned());
                 }
                 Ok(())
             }));
@@ -140,6 +140,8 @@ mod tests {
             <script>var s = '<a href="/in-script.html">';</script>
             <!-- <a href="/in-comment.html"> -->
             <A HREF="/Upper.html">caps</A>
+            <a href="/q?b=2&amp;a=1&#x26;c=&#51;">entities</a>
+            <a href="/legacy?x=1&copy=2">legacy</a>
         </body></html>"##;
         assert_eq!(
             links("http://example.com/dir/page.html", html),
@@ -150,6 +152,9 @@ mod tests {
                 "http://example.com/dir/page.html",
                 "http://example.com/map.html",
                 "http://example.com/Upper.html",
+                "http://example.com/q?b=2&a=1&c=3",
+                // In attributes, `&copy` followed by `=` is not a reference.
+                "http://example.com/legacy?x=1&copy=2",
             ]
         );
     }
