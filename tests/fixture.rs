@@ -31,11 +31,22 @@ pub const MAX_REDIRECTS: usize = 5;
 #[derive(Debug, Clone)]
 enum Page {
     /// An HTML page and the site paths its links resolve to.
-    Html { body: String, out: Vec<String>, slow: bool },
+    Html {
+        body: String,
+        out: Vec<String>,
+        slow: bool,
+    },
     /// A redirect; `target` is the site path it leads to, if on this site.
-    Redirect { status: u16, location: String, target: Option<String> },
+    Redirect {
+        status: u16,
+        location: String,
+        target: Option<String>,
+    },
     /// A non-HTML document (whatever it contains, it has no links).
-    Text { content_type: &'static str, body: String },
+    Text {
+        content_type: &'static str,
+        body: String,
+    },
     /// A non-2xx status with an HTML body (whose links must not be followed).
     Status { status: u16, body: String },
 }
@@ -55,7 +66,12 @@ pub struct FixtureOptions {
 
 impl Default for FixtureOptions {
     fn default() -> Self {
-        FixtureOptions { slow: Duration::from_millis(200), generated: 0, fanout: 4, threads: 8 }
+        FixtureOptions {
+            slow: Duration::from_millis(200),
+            generated: 0,
+            fanout: 4,
+            threads: 8,
+        }
     }
 }
 
@@ -84,7 +100,10 @@ impl FixtureSite {
 
     pub fn start_with(options: FixtureOptions) -> FixtureSite {
         let server = Arc::new(Server::http("127.0.0.1:0").expect("binding the fixture site"));
-        let addr = server.server_addr().to_ip().expect("fixture listens on TCP");
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .expect("fixture listens on TCP");
         let base = format!("http://{addr}");
         let mut pages = hand_made(&base);
         generated(&mut pages, options.generated, options.fanout);
@@ -101,7 +120,13 @@ impl FixtureSite {
                 std::thread::spawn(move || serve(&server, &state))
             })
             .collect();
-        FixtureSite { addr, base, state, server, threads }
+        FixtureSite {
+            addr,
+            base,
+            state,
+            server,
+            threads,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -120,7 +145,13 @@ impl FixtureSite {
 
     /// Requests received for a path (with its query, as requested).
     pub fn hits(&self, path: &str) -> u32 {
-        self.state.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.state
+            .hits
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests received in all, robots.txt included.
@@ -131,8 +162,16 @@ impl FixtureSite {
     /// Makes `path` redirect (302) to an arbitrary location, e.g. an address
     /// a test controls.
     pub fn add_redirect(&self, path: &str, location: &str) {
-        let page = Page::Redirect { status: 302, location: location.to_string(), target: None };
-        self.state.pages.write().unwrap().insert(path.to_string(), page);
+        let page = Page::Redirect {
+            status: 302,
+            location: location.to_string(),
+            target: None,
+        };
+        self.state
+            .pages
+            .write()
+            .unwrap()
+            .insert(path.to_string(), page);
     }
 
     /// The BFS levels a correct crawl from `seed` (a site path) finds, as
@@ -158,14 +197,20 @@ impl FixtureSite {
             }
             levels.push(next);
         }
-        levels.into_iter().map(|l| l.into_iter().map(|p| self.url(&p)).collect()).collect()
+        levels
+            .into_iter()
+            .map(|l| l.into_iter().map(|p| self.url(&p)).collect())
+            .collect()
     }
 
     /// The site paths `path`'s fetch yields links to (see
     /// [`FixtureSite::expected_levels`]).
     pub fn expected_links(&self, path: &str, robots: bool) -> Vec<String> {
         let pages = self.state.pages.read().unwrap();
-        out_links(&pages, path, robots, 0).into_iter().map(|p| self.url(&p)).collect()
+        out_links(&pages, path, robots, 0)
+            .into_iter()
+            .map(|p| self.url(&p))
+            .collect()
     }
 }
 
@@ -188,9 +233,9 @@ fn out_links(pages: &HashMap<String, Page>, path: &str, robots: bool, hops: usiz
     }
     match pages.get(path) {
         Some(Page::Html { out, .. }) => out.clone(),
-        Some(Page::Redirect { target: Some(t), .. }) if hops < MAX_REDIRECTS => {
-            out_links(pages, t, robots, hops + 1)
-        }
+        Some(Page::Redirect {
+            target: Some(t), ..
+        }) if hops < MAX_REDIRECTS => out_links(pages, t, robots, hops + 1),
         _ => Vec::new(),
     }
 }
@@ -216,17 +261,21 @@ fn serve(server: &Server, state: &State) {
                 }
                 request.respond(Response::from_string(body).with_header(html))
             }
-            Some(Page::Redirect { status, location, .. }) => request.respond(
+            Some(Page::Redirect {
+                status, location, ..
+            }) => request.respond(
                 Response::from_string("moved")
                     .with_status_code(status)
                     .with_header(header("Location", &location)),
             ),
-            Some(Page::Text { content_type, body }) => {
-                request.respond(Response::from_string(body).with_header(header("Content-Type", content_type)))
-            }
-            Some(Page::Status { status, body }) => {
-                request.respond(Response::from_string(body).with_status_code(status).with_header(html))
-            }
+            Some(Page::Text { content_type, body }) => request.respond(
+                Response::from_string(body).with_header(header("Content-Type", content_type)),
+            ),
+            Some(Page::Status { status, body }) => request.respond(
+                Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(html),
+            ),
             None => request.respond(
                 Response::from_string(r#"<a href="/never-from-404.html">x</a>"#)
                     .with_status_code(404)
@@ -243,16 +292,27 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 fn html(links: &[&str]) -> String {
-    let anchors: String = links.iter().map(|h| format!("<a href=\"{h}\">link</a>\n")).collect();
+    let anchors: String = links
+        .iter()
+        .map(|h| format!("<a href=\"{h}\">link</a>\n"))
+        .collect();
     format!("<!doctype html><html><head><title>t</title></head><body>\n{anchors}</body></html>")
 }
 
 fn page(body: String, out: &[&str]) -> Page {
-    Page::Html { body, out: out.iter().map(|s| s.to_string()).collect(), slow: false }
+    Page::Html {
+        body,
+        out: out.iter().map(|s| s.to_string()).collect(),
+        slow: false,
+    }
 }
 
 fn redirect(status: u16, location: &str, target: Option<&str>) -> Page {
-    Page::Redirect { status, location: location.to_string(), target: target.map(str::to_string) }
+    Page::Redirect {
+        status,
+        location: location.to_string(),
+        target: target.map(str::to_string),
+    }
 }
 
 /// The hand-made part. Every `out` list is written by hand from the HTML
@@ -312,7 +372,13 @@ fn hand_made(base: &str) -> HashMap<String, Page> {
             ],
         ),
     );
-    add("/a.html", page(html(&["/", "sub/d.html", "../e.html", "a.html#x"]), &["/", "/sub/d.html", "/e.html", "/a.html"]));
+    add(
+        "/a.html",
+        page(
+            html(&["/", "sub/d.html", "../e.html", "a.html#x"]),
+            &["/", "/sub/d.html", "/e.html", "/a.html"],
+        ),
+    );
     add(
         "/b.html",
         page(
@@ -323,31 +389,73 @@ fn hand_made(base: &str) -> HashMap<String, Page> {
             &["/sub/d.html", "/sub/f.html", "/a.html"],
         ),
     );
-    add("/c.html", page(html(&["/r1", "/loop1", "c.html"]), &["/r1", "/loop1", "/c.html"]));
+    add(
+        "/c.html",
+        page(
+            html(&["/r1", "/loop1", "c.html"]),
+            &["/r1", "/loop1", "/c.html"],
+        ),
+    );
     // Links of a redirect target resolve against the target, not the link.
-    add("/redirect", redirect(301, "/sub/g.html", Some("/sub/g.html")));
+    add(
+        "/redirect",
+        redirect(301, "/sub/g.html", Some("/sub/g.html")),
+    );
     add("/sub/g.html", page(html(&["h.html"]), &["/sub/h.html"]));
     add("/r1", redirect(302, "/r2", Some("/r2")));
-    add("/r2", redirect(307, &format!("{base}/sub/i.html"), Some("/sub/i.html")));
+    add(
+        "/r2",
+        redirect(307, &format!("{base}/sub/i.html"), Some("/sub/i.html")),
+    );
     add("/sub/i.html", page(html(&["../j.html"]), &["/j.html"]));
     add("/loop1", redirect(302, "/loop2", Some("/loop2")));
     add("/loop2", redirect(302, "/loop1", Some("/loop1")));
     add(
         "/files/data.txt",
-        Page::Text { content_type: "text/plain", body: r#"<a href="/never-from-text.html">not a link</a>"#.into() },
+        Page::Text {
+            content_type: "text/plain",
+            body: r#"<a href="/never-from-text.html">not a link</a>"#.into(),
+        },
     );
-    add("/private/secret.html", page(html(&["only-here.html"]), &["/private/only-here.html"]));
+    add(
+        "/private/secret.html",
+        page(html(&["only-here.html"]), &["/private/only-here.html"]),
+    );
     add("/private/only-here.html", page(html(&["/"]), &["/"]));
     add(
         "/slow.html",
-        Page::Html { body: html(&["/after-slow.html"]), out: vec!["/after-slow.html".into()], slow: true },
+        Page::Html {
+            body: html(&["/after-slow.html"]),
+            out: vec!["/after-slow.html".into()],
+            slow: true,
+        },
     );
-    add("/sub/d.html", page(html(&["../a.html", "e.html"]), &["/a.html", "/sub/e.html"]));
+    add(
+        "/sub/d.html",
+        page(html(&["../a.html", "e.html"]), &["/a.html", "/sub/e.html"]),
+    );
     add("/sub/f.html", page(html(&["/"]), &["/"]));
-    add("/e.html", page(html(&["/sub/d.html", "/deep1.html"]), &["/sub/d.html", "/deep1.html"]));
-    add("/deep1.html", page(html(&["/deep2.html"]), &["/deep2.html"]));
+    add(
+        "/e.html",
+        page(
+            html(&["/sub/d.html", "/deep1.html"]),
+            &["/sub/d.html", "/deep1.html"],
+        ),
+    );
+    add(
+        "/deep1.html",
+        page(html(&["/deep2.html"]), &["/deep2.html"]),
+    );
     add("/deep2.html", page(html(&["/"]), &["/"]));
-    for leaf in ["/sub/h.html", "/sub/e.html", "/j.html", "/after-slow.html", "/Upper.html", "/q?b=2&a=1", "/spaces.html"] {
+    for leaf in [
+        "/sub/h.html",
+        "/sub/e.html",
+        "/j.html",
+        "/after-slow.html",
+        "/Upper.html",
+        "/q?b=2&a=1",
+        "/spaces.html",
+    ] {
         add(leaf, page(html(&[]), &[]));
     }
     // Another host name for the same server: for the same-host option.
@@ -360,12 +468,21 @@ fn hand_made(base: &str) -> HashMap<String, Page> {
             slow: false,
         },
     );
-    add("/server-error.html", Page::Status { status: 500, body: html(&["/never-from-500.html"]) });
+    add(
+        "/server-error.html",
+        Page::Status {
+            status: 500,
+            body: html(&["/never-from-500.html"]),
+        },
+    );
     // Only reachable from /guard.html: redirects the guard must refuse
     // before connecting.
     // (/to-trap is meant to be pointed by the test, with `add_redirect`, at
     // a loopback listener the test watches.)
-    add("/guard.html", page(html(&["/to-ten", "/to-trap"]), &["/to-ten", "/to-trap"]));
+    add(
+        "/guard.html",
+        page(html(&["/to-ten", "/to-trap"]), &["/to-ten", "/to-trap"]),
+    );
     add("/to-ten", redirect(302, "http://10.0.0.1/", None));
     add("/to-trap", redirect(302, "http://127.0.0.2:9/", None));
     p
@@ -391,6 +508,13 @@ fn generated(pages: &mut HashMap<String, Page>, n: usize, fanout: usize) {
             out.push(format!("/g/{parent}.html"));
         }
         let refs: Vec<&str> = hrefs.iter().map(String::as_str).collect();
-        pages.insert(format!("/g/{i}.html"), Page::Html { body: html(&refs), out, slow: false });
+        pages.insert(
+            format!("/g/{i}.html"),
+            Page::Html {
+                body: html(&refs),
+                out,
+                slow: false,
+            },
+        );
     }
 }

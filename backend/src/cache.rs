@@ -95,7 +95,11 @@ pub struct MemoryCache {
 
 impl MemoryCache {
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        MemoryCache { ttl, max_entries: max_entries.max(1), map: Mutex::new(HashMap::new()) }
+        MemoryCache {
+            ttl,
+            max_entries: max_entries.max(1),
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     /// [`ResultCache::get`] at a given time (tests drive the clock).
@@ -127,7 +131,10 @@ impl MemoryCache {
             map.retain(|_, (_, expires)| *expires > now);
             if map.len() >= self.max_entries {
                 // Still full of live entries: drop the one closest to expiry.
-                let oldest = map.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone());
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, (_, e))| *e)
+                    .map(|(k, _)| k.clone());
                 if let Some(k) = oldest {
                     map.remove(&k);
                 }
@@ -162,7 +169,10 @@ mod tests {
     fn crawl(depth: u32, levels: &[&[&str]]) -> CachedCrawl {
         CachedCrawl {
             depth,
-            levels: levels.iter().map(|l| l.iter().map(|s| s.to_string()).collect()).collect(),
+            levels: levels
+                .iter()
+                .map(|l| l.iter().map(|s| s.to_string()).collect())
+                .collect(),
         }
     }
 
@@ -177,7 +187,10 @@ mod tests {
         c.put("k", three());
         assert_eq!(lookup(&c, "k", 3), Lookup::Hit(three().levels));
         assert_eq!(lookup(&c, "k", 1), Lookup::Hit(vec![vec!["s".to_string()]]));
-        assert_eq!(lookup(&c, "k", 2), Lookup::Hit(three().levels[..2].to_vec()));
+        assert_eq!(
+            lookup(&c, "k", 2),
+            Lookup::Hit(three().levels[..2].to_vec())
+        );
         assert_eq!(lookup(&c, "other", 1), Lookup::Miss);
     }
 
@@ -232,7 +245,10 @@ mod tests {
         // An expired deeper entry does not block a shallower write.
         c.put_at("k", three(), t0);
         c.put_at("k", crawl(1, &[&["s"]]), t0 + Duration::from_secs(11));
-        assert_eq!(c.get_at("k", t0 + Duration::from_secs(12)).map(|e| e.depth), Some(1));
+        assert_eq!(
+            c.get_at("k", t0 + Duration::from_secs(12)).map(|e| e.depth),
+            Some(1)
+        );
     }
 
     #[test]
@@ -243,12 +259,20 @@ mod tests {
         c.put_at("b", three(), t0 + Duration::from_secs(1));
         c.put_at("c", three(), t0 + Duration::from_secs(2));
         assert_eq!(c.len(), 2);
-        assert!(c.get_at("a", t0 + Duration::from_secs(3)).is_none(), "oldest evicted");
+        assert!(
+            c.get_at("a", t0 + Duration::from_secs(3)).is_none(),
+            "oldest evicted"
+        );
     }
 
     #[test]
     fn key_includes_scope() {
-        let spec = |same_host| CrawlSpec { url: "http://e.com/".into(), depth: 2, max_pages: 10, same_host };
+        let spec = |same_host| CrawlSpec {
+            url: "http://e.com/".into(),
+            depth: 2,
+            max_pages: 10,
+            same_host,
+        };
         assert_ne!(cache_key(&spec(true)), cache_key(&spec(false)));
         let mut deeper = spec(true);
         deeper.depth = 4;

@@ -35,13 +35,21 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_depth: 5, max_pages: 1000, allow_private: false, allow_addrs: Vec::new() }
+        Limits {
+            max_depth: 5,
+            max_pages: 1000,
+            allow_private: false,
+            allow_addrs: Vec::new(),
+        }
     }
 }
 
 impl Limits {
     pub fn guard(&self) -> GuardPolicy {
-        GuardPolicy { allow_private: self.allow_private, allow_addrs: self.allow_addrs.clone() }
+        GuardPolicy {
+            allow_private: self.allow_private,
+            allow_addrs: self.allow_addrs.clone(),
+        }
     }
 }
 
@@ -71,13 +79,20 @@ pub fn validate_with(
     limits: &Limits,
 ) -> Result<CrawlSpec, JobFailure> {
     let parsed = urlnorm::normalize(url).map_err(|e| match e {
-        UrlError::Invalid => JobFailure::new("invalid_url", format!("not an absolute http(s) URL: {url:?}")),
-        UrlError::UnsupportedScheme => {
-            JobFailure::new("unsupported_scheme", "only http and https URLs can be crawled")
-        }
+        UrlError::Invalid => JobFailure::new(
+            "invalid_url",
+            format!("not an absolute http(s) URL: {url:?}"),
+        ),
+        UrlError::UnsupportedScheme => JobFailure::new(
+            "unsupported_scheme",
+            "only http and https URLs can be crawled",
+        ),
     })?;
     if depth <= 0 {
-        return Err(JobFailure::new("invalid_depth", format!("depth must be at least 1, got {depth}")));
+        return Err(JobFailure::new(
+            "invalid_depth",
+            format!("depth must be at least 1, got {depth}"),
+        ));
     }
     if depth > i64::from(limits.max_depth) {
         return Err(JobFailure::new(
@@ -89,7 +104,10 @@ pub fn validate_with(
         guard::check_literal(&host, &limits.guard())
             .map_err(|e| JobFailure::new("private_address", e.to_string()))?;
     }
-    let max_pages = options.max_pages.unwrap_or(limits.max_pages).clamp(1, limits.max_pages.max(1));
+    let max_pages = options
+        .max_pages
+        .unwrap_or(limits.max_pages)
+        .clamp(1, limits.max_pages.max(1));
     Ok(CrawlSpec {
         url: parsed.into(),
         depth: depth as u32,
@@ -172,12 +190,26 @@ impl Engine {
         let worker = Arc::new(Worker::new(config.worker_config()));
         let (queue, pool) = WorkerPool::start(config.workers, worker);
         let cache = Arc::new(MemoryCache::new(config.cache_ttl, config.cache_max_entries));
-        Engine { config, queue: Arc::new(queue), cache, _pool: Some(pool) }
+        Engine {
+            config,
+            queue: Arc::new(queue),
+            cache,
+            _pool: Some(pool),
+        }
     }
 
     /// An engine over other parts (remote workers, a shared cache).
-    pub fn with_parts(config: EngineConfig, queue: Arc<dyn TaskQueue>, cache: Arc<dyn ResultCache>) -> Engine {
-        Engine { config, queue, cache, _pool: None }
+    pub fn with_parts(
+        config: EngineConfig,
+        queue: Arc<dyn TaskQueue>,
+        cache: Arc<dyn ResultCache>,
+    ) -> Engine {
+        Engine {
+            config,
+            queue,
+            cache,
+            _pool: None,
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -242,13 +274,24 @@ impl Engine {
             "crawl finished"
         );
         if result.partial.is_none() {
-            self.cache.put(&ckey, CachedCrawl { depth: spec.depth, levels: result.levels.clone() });
+            self.cache.put(
+                &ckey,
+                CachedCrawl {
+                    depth: spec.depth,
+                    levels: result.levels.clone(),
+                },
+            );
         }
         Ok(outcome(spec, result.levels, false, result.partial))
     }
 }
 
-fn outcome(spec: &CrawlSpec, levels: Vec<Vec<String>>, cached: bool, partial: Option<&str>) -> CrawlOutcome {
+fn outcome(
+    spec: &CrawlSpec,
+    levels: Vec<Vec<String>>,
+    cached: bool,
+    partial: Option<&str>,
+) -> CrawlOutcome {
     CrawlOutcome {
         url: spec.url.clone(),
         depth: spec.depth,
@@ -273,33 +316,79 @@ mod tests {
         assert_eq!(code(validate("not a url", 2, &l)), "invalid_url");
         assert_eq!(code(validate("", 2, &l)), "invalid_url");
         assert_eq!(code(validate("example.com/path", 2, &l)), "invalid_url");
-        assert_eq!(code(validate("ftp://example.com/", 2, &l)), "unsupported_scheme");
-        assert_eq!(code(validate("javascript:alert(1)", 2, &l)), "unsupported_scheme");
-        assert_eq!(code(validate("https://example.com/", 0, &l)), "invalid_depth");
-        assert_eq!(code(validate("https://example.com/", -3, &l)), "invalid_depth");
+        assert_eq!(
+            code(validate("ftp://example.com/", 2, &l)),
+            "unsupported_scheme"
+        );
+        assert_eq!(
+            code(validate("javascript:alert(1)", 2, &l)),
+            "unsupported_scheme"
+        );
+        assert_eq!(
+            code(validate("https://example.com/", 0, &l)),
+            "invalid_depth"
+        );
+        assert_eq!(
+            code(validate("https://example.com/", -3, &l)),
+            "invalid_depth"
+        );
         assert_eq!(code(validate("https://example.com/", 5, &l)), "ok");
         assert_eq!(code(validate("https://example.com/", 6, &l)), "too_deep");
-        assert_eq!(code(validate("https://example.com/", i64::MAX, &l)), "too_deep");
-        assert_eq!(code(validate("http://127.0.0.1:8080/", 2, &l)), "private_address");
-        assert_eq!(code(validate("http://localhost/", 2, &l)), "private_address");
+        assert_eq!(
+            code(validate("https://example.com/", i64::MAX, &l)),
+            "too_deep"
+        );
+        assert_eq!(
+            code(validate("http://127.0.0.1:8080/", 2, &l)),
+            "private_address"
+        );
+        assert_eq!(
+            code(validate("http://localhost/", 2, &l)),
+            "private_address"
+        );
         assert_eq!(code(validate("http://[::1]/", 2, &l)), "private_address");
-        assert_eq!(code(validate("http://169.254.169.254/latest/meta-data", 2, &l)), "private_address");
-        let open = Limits { allow_private: true, ..Limits::default() };
+        assert_eq!(
+            code(validate("http://169.254.169.254/latest/meta-data", 2, &l)),
+            "private_address"
+        );
+        let open = Limits {
+            allow_private: true,
+            ..Limits::default()
+        };
         assert_eq!(code(validate("http://127.0.0.1:8080/", 2, &open)), "ok");
     }
 
     #[test]
     fn validation_normalises_and_caps() {
-        let l = Limits { max_pages: 50, ..Limits::default() };
+        let l = Limits {
+            max_pages: 50,
+            ..Limits::default()
+        };
         let spec = validate("HTTPS://Example.com:443/a/../b#frag", 3, &l).unwrap();
         assert_eq!(
             spec,
-            CrawlSpec { url: "https://example.com/b".into(), depth: 3, max_pages: 50, same_host: false }
+            CrawlSpec {
+                url: "https://example.com/b".into(),
+                depth: 3,
+                max_pages: 50,
+                same_host: false
+            }
         );
-        let opts = JobOptions { max_pages: Some(10_000), same_host: Some(true) };
+        let opts = JobOptions {
+            max_pages: Some(10_000),
+            same_host: Some(true),
+        };
         let spec = validate_with("https://example.com/", 1, &opts, &l).unwrap();
         assert_eq!((spec.max_pages, spec.same_host), (50, true));
-        let opts = JobOptions { max_pages: Some(0), same_host: None };
-        assert_eq!(validate_with("https://example.com/", 1, &opts, &l).unwrap().max_pages, 1);
+        let opts = JobOptions {
+            max_pages: Some(0),
+            same_host: None,
+        };
+        assert_eq!(
+            validate_with("https://example.com/", 1, &opts, &l)
+                .unwrap()
+                .max_pages,
+            1
+        );
     }
 }

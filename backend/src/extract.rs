@@ -62,11 +62,16 @@ impl Extractor {
                 let mut f = base.borrow_mut();
                 // Only the first <base href> counts (HTML: "frozen base URL").
                 if f.base.is_none() {
-                    f.base = el.get_attribute("href").map(|b| htmlize::unescape_attribute(b).into_owned());
+                    f.base = el
+                        .get_attribute("href")
+                        .map(|b| htmlize::unescape_attribute(b).into_owned());
                 }
                 Ok(())
             }));
-        Extractor { rewriter: Some(HtmlRewriter::new(settings, Discard)), found }
+        Extractor {
+            rewriter: Some(HtmlRewriter::new(settings, Discard)),
+            found,
+        }
     }
 
     /// Parses the next chunk. A parser error (only memory limits, in
@@ -164,17 +169,26 @@ mod tests {
         let html = r#"<a href="early.html"></a><base href="/sub/"><base href="/ignored/"><a href="x.html"></a>"#;
         assert_eq!(
             links("http://example.com/a/b.html", html),
-            vec!["http://example.com/sub/early.html", "http://example.com/sub/x.html"]
+            vec![
+                "http://example.com/sub/early.html",
+                "http://example.com/sub/x.html"
+            ]
         );
         // An absolute base on another host moves relative links there.
         let html = r#"<head><base href="https://cdn.example.org/root/"></head><a href="p">p</a><a href="/q">q</a>"#;
         assert_eq!(
             links("http://example.com/", html),
-            vec!["https://cdn.example.org/root/p", "https://cdn.example.org/q"]
+            vec![
+                "https://cdn.example.org/root/p",
+                "https://cdn.example.org/q"
+            ]
         );
         // A javascript: base is ignored rather than breaking every link.
         let html = r#"<base href="javascript:alert(1)"><a href="p">p</a>"#;
-        assert_eq!(links("http://example.com/d/", html), vec!["http://example.com/d/p"]);
+        assert_eq!(
+            links("http://example.com/d/", html),
+            vec!["http://example.com/d/p"]
+        );
     }
 
     #[test]

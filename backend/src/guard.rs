@@ -125,7 +125,10 @@ pub struct GuardedResolver {
 
 impl GuardedResolver {
     pub fn new(policy: GuardPolicy) -> Self {
-        GuardedResolver { policy, inner: DefaultResolver::default() }
+        GuardedResolver {
+            policy,
+            inner: DefaultResolver::default(),
+        }
     }
 }
 
@@ -176,7 +179,13 @@ mod tests {
         ] {
             assert!(internal(ip), "{ip} should be internal");
         }
-        for ip in ["8.8.8.8", "93.184.216.34", "172.32.0.1", "100.128.0.1", "1.1.1.1"] {
+        for ip in [
+            "8.8.8.8",
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "1.1.1.1",
+        ] {
             assert!(!internal(ip), "{ip} should be public");
         }
     }
@@ -199,7 +208,12 @@ mod tests {
         ] {
             assert!(internal(ip), "{ip} should be internal");
         }
-        for ip in ["2001:4860:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808", "2606:4700::1111"] {
+        for ip in [
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2606:4700::1111",
+        ] {
             assert!(!internal(ip), "{ip} should be public");
         }
     }
@@ -209,9 +223,15 @@ mod tests {
         let strict = GuardPolicy::default();
         assert!(!strict.permits("127.0.0.1".parse().unwrap()));
         assert!(strict.permits("8.8.8.8".parse().unwrap()));
-        let open = GuardPolicy { allow_private: true, ..Default::default() };
+        let open = GuardPolicy {
+            allow_private: true,
+            ..Default::default()
+        };
         assert!(open.permits("10.0.0.1".parse().unwrap()));
-        let one = GuardPolicy { allow_private: false, allow_addrs: vec!["127.0.0.1".parse().unwrap()] };
+        let one = GuardPolicy {
+            allow_private: false,
+            allow_addrs: vec!["127.0.0.1".parse().unwrap()],
+        };
         assert!(one.permits("127.0.0.1".parse().unwrap()));
         assert!(!one.permits("127.0.0.2".parse().unwrap()));
     }
@@ -220,15 +240,30 @@ mod tests {
     fn literal_hosts() {
         let strict = GuardPolicy::default();
         let host = |s: &str| url::Url::parse(s).unwrap();
-        for u in ["http://127.0.0.1/", "http://[::1]/", "http://localhost:8080/", "http://a.localhost/", "http://LOCALHOST./", "http://10.1.2.3/", "http://[::ffff:192.168.0.1]/"] {
+        for u in [
+            "http://127.0.0.1/",
+            "http://[::1]/",
+            "http://localhost:8080/",
+            "http://a.localhost/",
+            "http://LOCALHOST./",
+            "http://10.1.2.3/",
+            "http://[::ffff:192.168.0.1]/",
+        ] {
             let u = host(u);
             assert!(check_literal(&u.host().unwrap(), &strict).is_err(), "{u}");
         }
-        for u in ["http://example.com/", "http://8.8.8.8/", "http://localhost.example.com/"] {
+        for u in [
+            "http://example.com/",
+            "http://8.8.8.8/",
+            "http://localhost.example.com/",
+        ] {
             let u = host(u);
             assert!(check_literal(&u.host().unwrap(), &strict).is_ok(), "{u}");
         }
-        let open = GuardPolicy { allow_private: true, ..Default::default() };
+        let open = GuardPolicy {
+            allow_private: true,
+            ..Default::default()
+        };
         assert!(check_literal(&host("http://127.0.0.1/").host().unwrap(), &open).is_ok());
     }
 
@@ -237,7 +272,12 @@ mod tests {
         let r = GuardedResolver::new(GuardPolicy::default());
         let config = ureq::config::Config::default();
         let timeout = NextTimeout::default();
-        for uri in ["http://10.0.0.1/", "http://localhost/", "http://[::1]:8080/", "http://169.254.169.254/latest"] {
+        for uri in [
+            "http://10.0.0.1/",
+            "http://localhost/",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/latest",
+        ] {
             let uri: Uri = uri.parse().unwrap();
             let err = r.resolve(&uri, &config, timeout).unwrap_err();
             match err {
@@ -245,7 +285,10 @@ mod tests {
                 other => panic!("{uri}: unexpected {other:?}"),
             }
         }
-        let open = GuardedResolver::new(GuardPolicy { allow_private: true, ..Default::default() });
+        let open = GuardedResolver::new(GuardPolicy {
+            allow_private: true,
+            ..Default::default()
+        });
         let uri: Uri = "http://127.0.0.1:9/".parse().unwrap();
         let addrs = open.resolve(&uri, &config, timeout).unwrap();
         assert_eq!(addrs.len(), 1);

@@ -44,7 +44,10 @@ pub struct JobFailure {
 
 impl JobFailure {
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        JobFailure { code: code.to_string(), message: message.into() }
+        JobFailure {
+            code: code.to_string(),
+            message: message.into(),
+        }
     }
 }
 

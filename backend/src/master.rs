@@ -79,7 +79,11 @@ pub fn run_bfs(
         let budget_left = spec.max_pages.saturating_sub(fetched) as usize;
         let take = frontier.len().min(budget_left);
         if take == 0 {
-            return Ok(BfsResult { levels, partial: Some(PARTIAL_BUDGET), fetched });
+            return Ok(BfsResult {
+                levels,
+                partial: Some(PARTIAL_BUDGET),
+                fetched,
+            });
         }
 
         // Replies arrive in any order; slot them by frontier index so the
@@ -160,14 +164,26 @@ pub fn run_bfs(
         };
         if next.is_empty() {
             // Ran out of links (or stopped before finding any).
-            return Ok(BfsResult { levels, partial: stopped, fetched });
+            return Ok(BfsResult {
+                levels,
+                partial: stopped,
+                fetched,
+            });
         }
         levels.push(next);
         if stopped.is_some() {
-            return Ok(BfsResult { levels, partial: stopped, fetched });
+            return Ok(BfsResult {
+                levels,
+                partial: stopped,
+                fetched,
+            });
         }
         let level = levels.len() - 1;
         progress(level as u32, levels[level].len() as u32);
     }
-    Ok(BfsResult { levels, partial: None, fetched })
+    Ok(BfsResult {
+        levels,
+        partial: None,
+        fetched,
+    })
 }

@@ -97,11 +97,16 @@ pub trait TaskChannel: Send {
 pub fn wall_deadline_ms(deadline: Instant) -> u64 {
     let left = deadline.saturating_duration_since(Instant::now());
     let at = SystemTime::now() + left;
-    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct Envelope {
@@ -119,7 +124,11 @@ pub struct LocalQueue {
 impl TaskQueue for LocalQueue {
     fn open(&self) -> Result<Box<dyn TaskChannel>, QueueError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        Ok(Box::new(LocalChannel { tasks: self.tasks.clone(), reply_tx: tx, reply_rx: rx }))
+        Ok(Box::new(LocalChannel {
+            tasks: self.tasks.clone(),
+            reply_tx: tx,
+            reply_rx: rx,
+        }))
     }
 }
 
@@ -132,7 +141,10 @@ struct LocalChannel {
 impl TaskChannel for LocalChannel {
     fn send(&mut self, task: FetchTask) -> Result<(), QueueError> {
         self.tasks
-            .send(Envelope { task, reply: self.reply_tx.clone() })
+            .send(Envelope {
+                task,
+                reply: self.reply_tx.clone(),
+            })
             .map_err(|_| QueueError("worker pool is gone".into()))
     }
 

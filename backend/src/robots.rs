@@ -24,7 +24,9 @@ pub enum Rules {
     AllowAll,
     /// robots.txt could not be had; `reason` says why (the worker reports it
     /// for every page of the origin, e.g. `private_address`, `timeout`).
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
     Parsed(Box<Robot>),
 }
 
@@ -58,7 +60,9 @@ impl Rules {
                 Err(_) => Rules::AllowAll,
             },
             400..=499 => Rules::AllowAll,
-            _ => Rules::Unavailable { reason: format!("robots_http_{status}") },
+            _ => Rules::Unavailable {
+                reason: format!("robots_http_{status}"),
+            },
         }
     }
 
@@ -100,7 +104,11 @@ pub struct RobotsCache {
 
 impl RobotsCache {
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        RobotsCache { entries: Mutex::new(HashMap::new()), ttl, max_entries: max_entries.max(1) }
+        RobotsCache {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+            max_entries: max_entries.max(1),
+        }
     }
 
     /// The rules for `url`'s origin; `fetch` runs at most once per origin
@@ -111,7 +119,10 @@ impl RobotsCache {
         let now = Instant::now();
         let entry = {
             let mut map = self.entries.lock();
-            let fresh = map.get(&origin).filter(|e| now.duration_since(e.born) < self.ttl).cloned();
+            let fresh = map
+                .get(&origin)
+                .filter(|e| now.duration_since(e.born) < self.ttl)
+                .cloned();
             match fresh {
                 Some(e) => e,
                 None => {
@@ -121,13 +132,19 @@ impl RobotsCache {
                             map.clear();
                         }
                     }
-                    let e = Arc::new(Entry { rules: OnceLock::new(), born: now });
+                    let e = Arc::new(Entry {
+                        rules: OnceLock::new(),
+                        born: now,
+                    });
                     map.insert(origin, e.clone());
                     e
                 }
             }
         };
-        entry.rules.get_or_init(|| Arc::new(fetch(&robots_url(url)))).clone()
+        entry
+            .rules
+            .get_or_init(|| Arc::new(fetch(&robots_url(url))))
+            .clone()
     }
 }
 
@@ -162,12 +179,18 @@ mod tests {
         let rules = Rules::from_response("gateway-crawler", 200, txt);
         assert_eq!(rules.verdict(&url("http://h/a.html")), Verdict::Allowed);
         assert_eq!(rules.verdict(&url("http://h/doc.pdf")), Verdict::Disallowed);
-        assert_eq!(rules.verdict(&url("http://h/doc.pdf?x=1")), Verdict::Allowed);
+        assert_eq!(
+            rules.verdict(&url("http://h/doc.pdf?x=1")),
+            Verdict::Allowed
+        );
     }
 
     #[test]
     fn status_codes_per_rfc_9309() {
-        assert_eq!(Rules::from_response("a", 404, b"").verdict(&url("http://h/x")), Verdict::Allowed);
+        assert_eq!(
+            Rules::from_response("a", 404, b"").verdict(&url("http://h/x")),
+            Verdict::Allowed
+        );
         assert_eq!(
             Rules::from_response("a", 503, b"").verdict(&url("http://h/x")),
             Verdict::Unavailable("robots_http_503".into())
@@ -179,7 +202,10 @@ mod tests {
 
     #[test]
     fn robots_location() {
-        assert_eq!(robots_url(&url("https://h:8443/a/b?c=d#e")).as_str(), "https://h:8443/robots.txt");
+        assert_eq!(
+            robots_url(&url("https://h:8443/a/b?c=d#e")).as_str(),
+            "https://h:8443/robots.txt"
+        );
     }
 
     #[test]
@@ -202,7 +228,11 @@ mod tests {
         let expired = RobotsCache::new(Duration::ZERO, 100);
         let _ = expired.rules(&url("http://h/"), fetch);
         let _ = expired.rules(&url("http://h/"), fetch);
-        assert_eq!(calls.load(Ordering::SeqCst), 5, "expired entries are fetched again");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            5,
+            "expired entries are fetched again"
+        );
     }
 
     #[test]

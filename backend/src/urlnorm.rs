@@ -72,11 +72,17 @@ mod tests {
         assert_eq!(n("HTTP://Example.COM"), "http://example.com/");
         assert_eq!(n("http://example.com:80/a"), "http://example.com/a");
         assert_eq!(n("https://example.com:443/a"), "https://example.com/a");
-        assert_eq!(n("https://example.com:8443/a"), "https://example.com:8443/a");
+        assert_eq!(
+            n("https://example.com:8443/a"),
+            "https://example.com:8443/a"
+        );
         assert_eq!(n("http://example.com/a/./b/../c"), "http://example.com/a/c");
         assert_eq!(n("http://example.com/a#frag"), "http://example.com/a");
         assert_eq!(n("http://example.com/a?"), "http://example.com/a");
-        assert_eq!(n("http://example.com/a?b=2&a=1"), "http://example.com/a?b=2&a=1");
+        assert_eq!(
+            n("http://example.com/a?b=2&a=1"),
+            "http://example.com/a?b=2&a=1"
+        );
         assert_eq!(n("http://user:pw@example.com/"), "http://example.com/");
         assert_eq!(n("  http://example.com/x y  "), "http://example.com/x%20y");
         assert_eq!(n("http://bücher.example/"), "http://xn--bcher-kva.example/");
@@ -90,22 +96,52 @@ mod tests {
         assert_eq!(normalize("/relative").unwrap_err(), UrlError::Invalid);
         assert_eq!(normalize("http://").unwrap_err(), UrlError::Invalid);
         assert_eq!(normalize("http://[::1").unwrap_err(), UrlError::Invalid);
-        assert_eq!(normalize("ftp://example.com/").unwrap_err(), UrlError::UnsupportedScheme);
-        assert_eq!(normalize("mailto:a@b.c").unwrap_err(), UrlError::UnsupportedScheme);
-        assert_eq!(normalize("file:///etc/passwd").unwrap_err(), UrlError::UnsupportedScheme);
+        assert_eq!(
+            normalize("ftp://example.com/").unwrap_err(),
+            UrlError::UnsupportedScheme
+        );
+        assert_eq!(
+            normalize("mailto:a@b.c").unwrap_err(),
+            UrlError::UnsupportedScheme
+        );
+        assert_eq!(
+            normalize("file:///etc/passwd").unwrap_err(),
+            UrlError::UnsupportedScheme
+        );
     }
 
     #[test]
     fn resolves_relative_links() {
         let base = normalize("http://example.com/dir/page.html").unwrap();
         let r = |h: &str| resolve(&base, h).map(|u| u.to_string());
-        assert_eq!(r("other.html").as_deref(), Some("http://example.com/dir/other.html"));
-        assert_eq!(r("../up.html").as_deref(), Some("http://example.com/up.html"));
-        assert_eq!(r("/root.html").as_deref(), Some("http://example.com/root.html"));
-        assert_eq!(r("//cdn.example.org/x").as_deref(), Some("http://cdn.example.org/x"));
-        assert_eq!(r("#top").as_deref(), Some("http://example.com/dir/page.html"));
-        assert_eq!(r("?q=1#f").as_deref(), Some("http://example.com/dir/page.html?q=1"));
-        assert_eq!(r("https://other.example/").as_deref(), Some("https://other.example/"));
+        assert_eq!(
+            r("other.html").as_deref(),
+            Some("http://example.com/dir/other.html")
+        );
+        assert_eq!(
+            r("../up.html").as_deref(),
+            Some("http://example.com/up.html")
+        );
+        assert_eq!(
+            r("/root.html").as_deref(),
+            Some("http://example.com/root.html")
+        );
+        assert_eq!(
+            r("//cdn.example.org/x").as_deref(),
+            Some("http://cdn.example.org/x")
+        );
+        assert_eq!(
+            r("#top").as_deref(),
+            Some("http://example.com/dir/page.html")
+        );
+        assert_eq!(
+            r("?q=1#f").as_deref(),
+            Some("http://example.com/dir/page.html?q=1")
+        );
+        assert_eq!(
+            r("https://other.example/").as_deref(),
+            Some("https://other.example/")
+        );
         assert_eq!(r("mailto:someone@example.com"), None);
         assert_eq!(r("javascript:void(0)"), None);
         assert_eq!(r("http://[::1"), None);

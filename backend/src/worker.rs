@@ -21,7 +21,7 @@ use url::Url;
 use crate::extract::Extractor;
 use crate::guard::{GuardPolicy, GuardedResolver, PrivateAddress};
 use crate::queue::{FetchReply, FetchTask};
-use crate::robots::{Rules, RobotsCache, Verdict, MAX_ROBOTS_BYTES};
+use crate::robots::{RobotsCache, Rules, Verdict, MAX_ROBOTS_BYTES};
 use crate::urlnorm;
 
 /// How a worker fetches.
@@ -71,7 +71,10 @@ struct Failure {
 
 impl Failure {
     fn new(reason: impl Into<String>) -> Self {
-        Failure { reason: reason.into(), status: None }
+        Failure {
+            reason: reason.into(),
+            status: None,
+        }
     }
 }
 
@@ -95,9 +98,18 @@ impl Worker {
             DefaultConnector::default(),
             GuardedResolver::new(config.guard.clone()),
         );
-        let robots_agent =
-            config.user_agent.split(['/', ' ']).next().unwrap_or("*").to_string();
-        Worker { agent, robots: RobotsCache::new(config.robots_ttl, 10_000), robots_agent, config }
+        let robots_agent = config
+            .user_agent
+            .split(['/', ' '])
+            .next()
+            .unwrap_or("*")
+            .to_string();
+        Worker {
+            agent,
+            robots: RobotsCache::new(config.robots_ttl, 10_000),
+            robots_agent,
+            config,
+        }
     }
 
     pub fn config(&self) -> &WorkerConfig {
@@ -133,7 +145,10 @@ impl Worker {
         let (url, response) = self.get_following(url, self.config.respect_robots)?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
-            return Err(Failure { reason: format!("http_{status}"), status: Some(status) });
+            return Err(Failure {
+                reason: format!("http_{status}"),
+                status: Some(status),
+            });
         }
         let is_html = match response.body().mime_type() {
             // No Content-Type: browsers sniff; assume the common case.
@@ -144,9 +159,15 @@ impl Worker {
             }
         };
         if !is_html {
-            return Err(Failure { reason: "not_html".into(), status: Some(status) });
+            return Err(Failure {
+                reason: "not_html".into(),
+                status: Some(status),
+            });
         }
-        let mut body = response.into_body().into_reader().take(self.config.max_body_bytes);
+        let mut body = response
+            .into_body()
+            .into_reader()
+            .take(self.config.max_body_bytes);
         let mut extractor = Extractor::new();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -154,7 +175,12 @@ impl Worker {
                 Ok(0) => break,
                 Ok(n) => extractor.write(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure { reason: classify_io(&e), status: Some(status) }),
+                Err(e) => {
+                    return Err(Failure {
+                        reason: classify_io(&e),
+                        status: Some(status),
+                    })
+                }
             }
         }
         Ok((url.clone(), status, extractor.finish(&url)))
@@ -176,8 +202,11 @@ impl Worker {
                     Verdict::Unavailable(reason) => return Err(Failure::new(reason)),
                 }
             }
-            let response =
-                self.agent.get(url.as_str()).call().map_err(|e| Failure::new(classify(&e)))?;
+            let response = self
+                .agent
+                .get(url.as_str())
+                .call()
+                .map_err(|e| Failure::new(classify(&e)))?;
             let status = response.status().as_u16();
             if !matches!(status, 301 | 302 | 303 | 307 | 308) {
                 return Ok((url, response));
@@ -189,14 +218,21 @@ impl Worker {
                 .and_then(|loc| urlnorm::resolve(&url, loc));
             match next {
                 Some(next) => url = next,
-                None => return Err(Failure { reason: "bad_redirect".into(), status: Some(status) }),
+                None => {
+                    return Err(Failure {
+                        reason: "bad_redirect".into(),
+                        status: Some(status),
+                    })
+                }
             }
         }
         Err(Failure::new("too_many_redirects"))
     }
 
     fn robots_verdict(&self, url: &Url) -> Verdict {
-        let rules = self.robots.rules(url, |robots_url| self.fetch_robots(robots_url.clone()));
+        let rules = self
+            .robots
+            .rules(url, |robots_url| self.fetch_robots(robots_url.clone()));
         rules.verdict(url)
     }
 
@@ -212,11 +248,15 @@ impl Worker {
                     .read_to_end(&mut body);
                 match read {
                     Ok(_) => Rules::from_response(&self.robots_agent, status, &body),
-                    Err(e) => Rules::Unavailable { reason: classify_io(&e) },
+                    Err(e) => Rules::Unavailable {
+                        reason: classify_io(&e),
+                    },
                 }
             }
             // RFC 9309: after too many redirects, act as if there were no file.
-            Err(f) if f.reason == "too_many_redirects" || f.reason == "bad_redirect" => Rules::AllowAll,
+            Err(f) if f.reason == "too_many_redirects" || f.reason == "bad_redirect" => {
+                Rules::AllowAll
+            }
             Err(f) => Rules::Unavailable { reason: f.reason },
         }
     }
@@ -226,7 +266,9 @@ impl Worker {
 fn classify(e: &ureq::Error) -> String {
     use ureq::Error as E;
     match e {
-        E::Other(inner) if inner.downcast_ref::<PrivateAddress>().is_some() => "private_address".into(),
+        E::Other(inner) if inner.downcast_ref::<PrivateAddress>().is_some() => {
+            "private_address".into()
+        }
         E::Timeout(_) => "timeout".into(),
         E::HostNotFound => "dns".into(),
         E::Io(io) => classify_io(io),

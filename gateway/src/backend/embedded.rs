@@ -63,17 +63,22 @@ impl EmbeddedBackend {
         let shared = Arc::new(Shared {
             engine: Engine::start(config),
             sink,
-            results: Mutex::new(Results { by_token: HashMap::new(), last_sweep: Instant::now() }),
+            results: Mutex::new(Results {
+                by_token: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
             result_ttl,
         });
         let (jobs, queue) = crossbeam_channel::unbounded::<(JobTicket, CrawlSpec)>();
         for i in 0..masters {
             let (queue, shared) = (queue.clone(), shared.clone());
-            let spawned = std::thread::Builder::new().name(format!("crawl-master-{i}")).spawn(move || {
-                for (ticket, spec) in queue.iter() {
-                    shared.run(ticket, spec);
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("crawl-master-{i}"))
+                .spawn(move || {
+                    for (ticket, spec) in queue.iter() {
+                        shared.run(ticket, spec);
+                    }
+                });
             if let Err(e) = spawned {
                 // Fewer masters only means fewer jobs at once; none at all
                 // shows up as `backend_unavailable` on submit.
@@ -98,13 +103,18 @@ impl Shared {
             }
         };
         // A bug in the engine must not leave the client waiting forever.
-        let result = catch_unwind(AssertUnwindSafe(|| self.engine.run(&ticket.key, &spec, &mut progress)));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            self.engine.run(&ticket.key, &spec, &mut progress)
+        }));
         let event = match result {
             Ok(Ok(outcome)) => JobEvent::Done(outcome),
             Ok(Err(failure)) => JobEvent::Failed(failure),
             Err(_) => {
                 tracing::error!(job = %ticket.key, url = %spec.url, "crawl panicked");
-                JobEvent::Failed(JobFailure::new("internal_error", "the crawl failed unexpectedly"))
+                JobEvent::Failed(JobFailure::new(
+                    "internal_error",
+                    "the crawl failed unexpectedly",
+                ))
             }
         };
         let waiters = self.finish(&ticket.resume_token, event.clone());
@@ -124,7 +134,10 @@ impl Shared {
     /// Records the outcome and returns who else is waiting for it.
     fn finish(&self, token: &str, event: JobEvent) -> Vec<JobTicket> {
         let mut results = self.results.lock();
-        let stored = Stored::Finished { event, expires: Instant::now() + self.result_ttl };
+        let stored = Stored::Finished {
+            event,
+            expires: Instant::now() + self.result_ttl,
+        };
         match results.by_token.insert(token.to_string(), stored) {
             Some(Stored::Running { waiters }) => waiters,
             _ => Vec::new(),
@@ -156,17 +169,35 @@ impl Backend for EmbeddedBackend {
         if let Some(outcome) = shared.engine.cached(&spec) {
             let event = JobEvent::Done(outcome);
             let expires = Instant::now() + shared.result_ttl;
-            shared.store(&ticket.resume_token, Stored::Finished { event: event.clone(), expires });
-            shared.sink.send(&ticket, JobEvent::Accepted { cached: true });
+            shared.store(
+                &ticket.resume_token,
+                Stored::Finished {
+                    event: event.clone(),
+                    expires,
+                },
+            );
+            shared
+                .sink
+                .send(&ticket, JobEvent::Accepted { cached: true });
             shared.sink.send(&ticket, event);
             return;
         }
-        shared.store(&ticket.resume_token, Stored::Running { waiters: Vec::new() });
-        shared.sink.send(&ticket, JobEvent::Accepted { cached: false });
+        shared.store(
+            &ticket.resume_token,
+            Stored::Running {
+                waiters: Vec::new(),
+            },
+        );
+        shared
+            .sink
+            .send(&ticket, JobEvent::Accepted { cached: false });
         let token = ticket.resume_token.clone();
         if let Err(e) = self.jobs.send((ticket, spec)) {
             let (ticket, _) = e.into_inner();
-            let event = JobEvent::Failed(JobFailure::new("backend_unavailable", "no crawl master is running"));
+            let event = JobEvent::Failed(JobFailure::new(
+                "backend_unavailable",
+                "no crawl master is running",
+            ));
             shared.finish(&token, event.clone());
             shared.sink.send(&ticket, event);
         }
@@ -187,11 +218,16 @@ impl Backend for EmbeddedBackend {
                 waiters.push(ticket.clone());
                 // Sent under the lock, so it goes out before the result:
                 // the master needs the lock to take the waiters.
-                shared.sink.send(&ticket, JobEvent::Accepted { cached: false });
+                shared
+                    .sink
+                    .send(&ticket, JobEvent::Accepted { cached: false });
             }
             _ => {
                 drop(results);
-                let failure = JobFailure::new("unknown_job", "no such job for this token (finished results are kept for a limited time)");
+                let failure = JobFailure::new(
+                    "unknown_job",
+                    "no such job for this token (finished results are kept for a limited time)",
+                );
                 shared.sink.send(&ticket, JobEvent::Failed(failure));
             }
         }
@@ -208,7 +244,11 @@ mod tests {
         let poll = mio::Poll::new().unwrap();
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
         let (tx, rx) = crossbeam_channel::unbounded();
-        (EmbeddedBackend::start(config, ReplySink::new(tx, waker)), rx, poll)
+        (
+            EmbeddedBackend::start(config, ReplySink::new(tx, waker)),
+            rx,
+            poll,
+        )
     }
 
     fn ticket(client: u64, job: &str, token: &str) -> JobTicket {
@@ -238,13 +278,23 @@ mod tests {
     fn depth_one_needs_no_fetch_and_is_cached_after() {
         // Depth 1 is the seed alone: no fetch, so no network in this test.
         let (b, rx, _poll) = backend(EngineConfig::default());
-        let spec = CrawlSpec { url: "https://example.com/".into(), depth: 1, max_pages: 10, same_host: false };
+        let spec = CrawlSpec {
+            url: "https://example.com/".into(),
+            depth: 1,
+            max_pages: 10,
+            same_host: false,
+        };
         b.submit(ticket(1, "A", "t1"), spec.clone());
         assert_eq!(next(&rx).event, JobEvent::Accepted { cached: false });
         let done = next(&rx);
         assert_eq!(done.ticket.job_id, "A");
-        let JobEvent::Done(outcome) = done.event else { panic!("expected Done") };
-        assert_eq!(outcome.levels, vec![vec!["https://example.com/".to_string()]]);
+        let JobEvent::Done(outcome) = done.event else {
+            panic!("expected Done")
+        };
+        assert_eq!(
+            outcome.levels,
+            vec![vec!["https://example.com/".to_string()]]
+        );
 
         // Resume from another connection gets the stored result.
         b.resume(ticket(2, "A", "t1"));
@@ -254,8 +304,13 @@ mod tests {
 
         // The same crawl again is a cache hit answered on the spot.
         b.submit(ticket(3, "B", "t2"), spec);
-        assert_eq!(rx.try_recv().unwrap().event, JobEvent::Accepted { cached: true });
-        let JobEvent::Done(outcome) = rx.try_recv().unwrap().event else { panic!("expected Done") };
+        assert_eq!(
+            rx.try_recv().unwrap().event,
+            JobEvent::Accepted { cached: true }
+        );
+        let JobEvent::Done(outcome) = rx.try_recv().unwrap().event else {
+            panic!("expected Done")
+        };
         assert!(outcome.cached);
     }
 }
