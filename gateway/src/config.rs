@@ -3,7 +3,6 @@
 //! shell, a systemd unit or the local cluster script.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -112,7 +111,12 @@ impl Config {
             .max(1)
     }
 
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_secs(self.handshake_timeout.into())
+    pub fn crawl_limits(&self) -> backend::engine::Limits {
+        backend::engine::Limits {
+            max_depth: self.max_depth,
+            max_pages: self.max_pages,
+            allow_private: self.allow_private,
+            allow_addrs: Vec::new(),
+        }
     }
 }

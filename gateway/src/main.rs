@@ -40,7 +40,7 @@ fn run(config: Config) -> std::io::Result<()> {
         BackendKind::Embedded => "embedded",
         BackendKind::Amqp => "amqp",
     };
-    let metrics = Arc::new(Metrics::new(&node_id));
+    let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Status::new(node_id.clone(), backend_name, config.max_connections));
     let backend_kind = config.backend;
     let echo_delay = std::time::Duration::from_millis(config.echo_delay_ms);

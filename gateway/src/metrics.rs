@@ -5,7 +5,6 @@
 //! the admin server's `/metrics`. Counters are atomics, so reader threads
 //! and the reactor update them without locks.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -55,11 +54,10 @@ pub struct Metrics {
     pub resident_memory: Gauge<i64, AtomicI64>,
 }
 
-impl Metrics {
-    pub fn new(node_id: &str) -> Metrics {
-        let node = (Cow::Borrowed("node"), Cow::Owned(node_id.to_string()));
+impl Default for Metrics {
+    fn default() -> Metrics {
         let mut m = Metrics {
-            registry: Registry::with_labels(std::iter::once(node)),
+            registry: Registry::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_closed: Family::default(),
@@ -90,7 +88,9 @@ impl Metrics {
         r.register("process_resident_memory_bytes", "Resident memory", m.resident_memory.clone());
         m
     }
+}
 
+impl Metrics {
     pub fn closed(&self, reason: &'static str) {
         self.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
     }

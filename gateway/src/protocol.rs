@@ -4,6 +4,7 @@
 //! way a message can be wrong maps to one stable error code in [`codes`], so
 //! a client developer can switch on `code` and a person can read `message`.
 
+use backend::engine::JobOptions;
 use backend::job::{CrawlOutcome, JobFailure};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -36,7 +37,7 @@ pub const MAX_JOB_ID_LEN: usize = 128;
 /// A message from a client, parsed and type-checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Crawl { id: String, url: String, depth: i64 },
+    Crawl { id: String, url: String, depth: i64, options: JobOptions },
     Resume { id: String, token: String },
     Ping { id: Value },
 }
@@ -78,7 +79,8 @@ pub fn parse(text: &str) -> Result<Request, Rejection> {
                 let id = job_id(obj.get("id"))?;
                 let url = string_field(&id, obj.get("url"), "url")?;
                 let depth = depth_field(&id, obj.get("depth"))?;
-                Ok(Request::Crawl { id, url, depth })
+                let options = job_options(&id, obj)?;
+                Ok(Request::Crawl { id, url, depth, options })
             }
             "resume" => {
                 let id = job_id(obj.get("id"))?;
@@ -104,7 +106,7 @@ pub fn parse(text: &str) -> Result<Request, Rejection> {
             let id = job_id(Some(&seed.job_id))?;
             let url = string_field(&id, Some(&seed.url_to_crawl), "urlToCrawl")?;
             let depth = depth_field(&id, Some(&seed.depth_to_crawl))?;
-            Ok(Request::Crawl { id, url, depth })
+            Ok(Request::Crawl { id, url, depth, options: JobOptions::default() })
         }
         None => Err(Rejection::new(id, codes::BAD_REQUEST, "missing \"type\"")),
     }
@@ -145,6 +147,25 @@ fn depth_field(id: &str, value: Option<&Value>) -> Result<i64, Rejection> {
         Some(_) => Err(bad()),
         None => Err(Rejection::new(Some(id.into()), codes::BAD_REQUEST, "missing \"depth\"")),
     }
+}
+
+/// Optional `max_pages` and `same_host`; the engine caps them.
+fn job_options(id: &str, obj: &serde_json::Map<String, Value>) -> Result<JobOptions, Rejection> {
+    let bad = |what: &str| Rejection::new(Some(id.into()), codes::BAD_REQUEST, what.to_string());
+    let max_pages = match obj.get("max_pages") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad("\"max_pages\" must be a positive integer"))?,
+        ),
+    };
+    let same_host = match obj.get("same_host") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(bad("\"same_host\" must be true or false")),
+    };
+    Ok(JobOptions { max_pages, same_host })
 }
 
 fn truncate(s: &str) -> &str {
@@ -203,7 +224,12 @@ mod tests {
     fn parses_crawl_in_both_forms() {
         let new = parse(r#"{"type":"crawl","id":"J1","url":"https://a.test/","depth":2}"#).unwrap();
         let seed = parse(r#"{"jobId":"J1","urlToCrawl":"https://a.test/","depthToCrawl":"2"}"#).unwrap();
-        let want = Request::Crawl { id: "J1".into(), url: "https://a.test/".into(), depth: 2 };
+        let want = Request::Crawl {
+            id: "J1".into(),
+            url: "https://a.test/".into(),
+            depth: 2,
+            options: JobOptions::default(),
+        };
         assert_eq!(new, want);
         assert_eq!(seed, want);
     }

@@ -46,7 +46,9 @@ pub struct Conn {
     pub last_active: u32,
     /// Gateway-clock seconds when our ping, or our close frame, went out.
     pub ping_sent: u32,
-    /// Jobs submitted or resumed and not yet answered.
+    /// Jobs submitted or resumed and not yet answered. Boxed so the idle
+    /// case costs one pointer, not an empty `Vec`'s three words.
+    #[allow(clippy::box_collection)]
     pub jobs: Option<Box<Vec<InFlight>>>,
     /// Buffers, present only while the connection has work in progress.
     pub session: Option<Box<Session>>,
@@ -98,7 +100,9 @@ mod tests {
 
     #[test]
     fn an_idle_connection_is_a_few_words() {
-        // socket, id, phase and flags, three timestamps, two pointers.
-        assert!(std::mem::size_of::<Conn>() <= 48, "{}", std::mem::size_of::<Conn>());
+        // socket, id, phase and flags, three timestamps, two pointers; mio
+        // adds a selector id to each socket in debug builds.
+        let mio_debug = if cfg!(debug_assertions) { 8 } else { 0 };
+        assert!(std::mem::size_of::<Conn>() <= 48 + mio_debug, "{}", std::mem::size_of::<Conn>());
     }
 }

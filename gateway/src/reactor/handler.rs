@@ -40,11 +40,11 @@ pub fn on_text(shared: &Shared, conn: &mut Conn, out: &mut Vec<u8>, text: &str) 
     };
     match request {
         Request::Ping { id } => send(shared, out, &protocol::pong(&id)),
-        Request::Crawl { id, url, depth } => {
+        Request::Crawl { id, url, depth, options } => {
             if let Err(failure) = admit_job(shared, conn, &id) {
                 return send_error(shared, conn, out, Some(&id), &failure);
             }
-            let spec = match shared.validate(&url, depth) {
+            let spec = match shared.validate(&url, depth, &options) {
                 Ok(spec) => spec,
                 Err(failure) => return send_error(shared, conn, out, Some(&id), &failure),
             };

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backend::engine::JobOptions;
 use backend::job::{CrawlSpec, JobFailure};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::TcpListener;
@@ -52,8 +53,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_jobs_per_connection: u8,
-    pub max_depth: u32,
-    pub max_pages: u32,
+    /// Caps on crawl requests; the crawl engine applies them.
+    pub crawl: backend::engine::Limits,
 }
 
 /// Seconds since the gateway started: four bytes per timestamp per
@@ -78,8 +79,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn validate(&self, url: &str, depth: i64) -> Result<CrawlSpec, JobFailure> {
-        crate::jobs::validate(url, depth, &self.limits)
+    fn validate(&self, url: &str, depth: i64, options: &JobOptions) -> Result<CrawlSpec, JobFailure> {
+        backend::engine::validate_with(url, depth, options, &self.limits.crawl)
     }
 }
 
@@ -187,8 +188,7 @@ impl Reactor {
             max_message_bytes: config.max_message_bytes,
             max_outbound_bytes: config.max_outbound_bytes,
             max_jobs_per_connection: config.max_jobs_per_connection.max(1),
-            max_depth: config.max_depth,
-            max_pages: config.max_pages,
+            crawl: config.crawl_limits(),
         };
         let shared = Arc::new(Shared {
             node_id: config.node_id(),

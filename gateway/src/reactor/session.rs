@@ -64,6 +64,9 @@ impl Session {
 }
 
 pub struct SessionPool {
+    /// Boxed because a connection holds its session as a `Box`: checking
+    /// out and giving back move a pointer, not the buffers' headers.
+    #[allow(clippy::vec_box)]
     free: Mutex<Vec<Box<Session>>>,
     keep: usize,
 }
