@@ -30,7 +30,7 @@ pub struct Config {
     pub admin: SocketAddr,
 
     /// Which backend runs the jobs.
-    #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value = "echo")]
+    #[arg(long, env = "GATEWAY_BACKEND", value_enum, default_value = "embedded")]
     pub backend: BackendKind,
 
     /// Open websocket connections above which new upgrades are refused with
@@ -93,6 +93,23 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PAGES", default_value_t = 1000)]
     pub max_pages: u32,
 
+    /// Embedded backend: threads fetching pages.
+    #[arg(long, env = "GATEWAY_CRAWL_WORKERS", default_value_t = 8)]
+    pub crawl_workers: usize,
+
+    /// Embedded backend: jobs crawled at once; more wait their turn.
+    #[arg(long, env = "GATEWAY_CRAWL_JOBS", default_value_t = 4)]
+    pub crawl_jobs: usize,
+
+    /// Seconds a crawl may run; then it answers with what it has
+    /// (`"partial":"deadline"`).
+    #[arg(long, env = "GATEWAY_JOB_TIMEOUT", default_value_t = 120)]
+    pub job_timeout: u64,
+
+    /// Do not obey robots.txt (it is obeyed by default).
+    #[arg(long, env = "GATEWAY_IGNORE_ROBOTS")]
+    pub ignore_robots: bool,
+
     /// Let crawls fetch private, loopback and link-local addresses. Only for
     /// tests against local fixture sites: a public gateway that fetches
     /// whatever clients name is an SSRF hole.
@@ -109,6 +126,18 @@ impl Config {
         self.readers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1)
+    }
+
+    /// The embedded crawl engine's settings.
+    pub fn engine(&self) -> backend::engine::EngineConfig {
+        backend::engine::EngineConfig {
+            limits: self.crawl_limits(),
+            respect_robots: !self.ignore_robots,
+            job_timeout: std::time::Duration::from_secs(self.job_timeout.max(1)),
+            workers: self.crawl_workers.max(1),
+            masters: self.crawl_jobs.max(1),
+            ..Default::default()
+        }
     }
 
     pub fn crawl_limits(&self) -> backend::engine::Limits {

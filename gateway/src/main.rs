@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use gateway::backend::echo::EchoBackend;
+use gateway::backend::embedded::EmbeddedBackend;
 use gateway::backend::Backend;
 use gateway::config::{BackendKind, Config};
 use gateway::metrics::Metrics;
@@ -43,10 +44,12 @@ fn run(config: Config) -> std::io::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let status = Arc::new(Status::new(node_id.clone(), backend_name, config.max_connections));
     let backend_kind = config.backend;
+    let engine = config.engine();
     let echo_delay = std::time::Duration::from_millis(config.echo_delay_ms);
     let reactor = Reactor::bind(&config, metrics.clone(), status.clone(), |sink| {
         let backend: Box<dyn Backend> = match backend_kind {
             BackendKind::Echo => Box::new(EchoBackend::new(sink, echo_delay)?),
+            BackendKind::Embedded => Box::new(EmbeddedBackend::start(engine, sink)),
             other => {
                 return Err(std::io::Error::other(format!("backend {other:?} is not available in this build")))
             }

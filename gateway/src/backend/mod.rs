@@ -7,6 +7,7 @@
 //! benchmarks), `embedded` (in-process crawl), `amqp` (RabbitMQ + Redis).
 
 pub mod echo;
+pub mod embedded;
 
 use std::sync::Arc;
 

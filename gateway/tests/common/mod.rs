@@ -22,10 +22,13 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway on free ports with extra flags.
+    /// Starts the gateway on free ports with extra flags; the echo backend
+    /// unless the flags name another.
     pub fn start(args: &[&str]) -> Gateway {
+        let backend: &[&str] = if args.contains(&"--backend") { &[] } else { &["--backend", "echo"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--readers", "2"])
+            .args(backend)
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
