@@ -11,8 +11,9 @@
 
 pub mod admin;
 pub mod backend;
+pub mod balancer;
 pub mod config;
-pub mod jobs;
+pub mod membership;
 pub mod metrics;
 pub mod protocol;
 pub mod reactor;

@@ -1,0 +1,181 @@
+//! The balancer: tells a client which gateway to connect to.
+//!
+//! `GET /v1/gateway` answers `{"url":"ws://host:port/ws","node":"gw-1"}`,
+//! chosen by power of two choices on free capacity among fresh, ready
+//! gateways ([`choice`]); 503 with a JSON error when there is none.
+//! `GET /v1/gateways` lists every gateway with its load and age; `/metrics`
+//! and `/healthz` are for operators.
+//!
+//! A refresh thread ([`refresh`]) reads the membership registry from Redis
+//! about once a second and publishes an immutable [`view::View`]; request
+//! threads ([`http`]) only read that view, so requests never wait on Redis.
+//! When Redis fails the balancer keeps answering from its last good view for
+//! `stale_grace`, and says so in its metrics
+//! (`balancer_serving_stale_view`, `balancer_redis_up`).
+
+pub mod choice;
+mod http;
+pub mod metrics;
+mod refresh;
+pub mod view;
+
+use metrics::Metrics;
+use parking_lot::{Mutex, RwLock};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use view::View;
+
+/// Balancer settings (the `balancer` binary's flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: String,
+    /// Registry location.
+    pub redis_url: String,
+    /// Registry key prefix (namespace).
+    pub key_prefix: String,
+    /// Time between registry reads.
+    pub refresh_interval: Duration,
+    /// A gateway whose heartbeat is older than this gets no clients.
+    pub fresh: Duration,
+    /// How long to keep answering from the last good view while Redis fails.
+    pub stale_grace: Duration,
+    /// HTTP worker threads.
+    pub threads: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: String::new(),
+            refresh_interval: Duration::from_secs(1),
+            fresh: Duration::from_secs(5),
+            stale_grace: Duration::from_secs(15),
+            threads: 4,
+        }
+    }
+}
+
+/// State shared by the refresh thread and the request threads.
+struct Shared {
+    config: Config,
+    view: RwLock<Arc<View>>,
+    /// When the last registry read succeeded (None: never).
+    last_ok: Mutex<Option<Instant>>,
+    metrics: Metrics,
+    stop: AtomicBool,
+}
+
+/// Why there is no usable view.
+enum Unusable {
+    /// Redis has not answered for longer than the grace period (or ever).
+    RegistryUnavailable,
+}
+
+impl Shared {
+    /// The view to answer from, unless it is too old to trust.
+    fn usable_view(&self) -> Result<Arc<View>, Unusable> {
+        let last_ok = *self.last_ok.lock();
+        match last_ok {
+            Some(t) if t.elapsed() <= self.config.stale_grace + self.config.refresh_interval => {
+                Ok(self.view.read().clone())
+            }
+            _ => Err(Unusable::RegistryUnavailable),
+        }
+    }
+
+    fn fresh_ms(&self) -> u64 {
+        u64::try_from(self.config.fresh.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A running balancer: HTTP threads plus the refresh thread.
+pub struct Balancer {
+    shared: Arc<Shared>,
+    server: Arc<tiny_http::Server>,
+    addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Binds the listener and starts serving.
+pub fn serve(config: Config) -> io::Result<Balancer> {
+    redis::Client::open(config.redis_url.as_str())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let server = tiny_http::Server::http(config.listen.as_str())
+        .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+    let server = Arc::new(server);
+    let shared = Arc::new(Shared {
+        view: RwLock::new(Arc::new(View::empty())),
+        last_ok: Mutex::new(None),
+        metrics: Metrics::new(),
+        stop: AtomicBool::new(false),
+        config,
+    });
+    let mut threads = Vec::new();
+    let s = shared.clone();
+    threads.push(
+        std::thread::Builder::new()
+            .name("balancer-refresh".into())
+            .spawn(move || refresh::run(&s))?,
+    );
+    for i in 0..shared.config.threads.max(1) {
+        let (s, srv) = (shared.clone(), server.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("balancer-http-{i}"))
+                .spawn(move || http::run(&s, &srv))?,
+        );
+    }
+    tracing::info!(listen = %addr, redis = %shared.config.redis_url, "balancer serving");
+    Ok(Balancer {
+        shared,
+        server,
+        addr,
+        threads,
+    })
+}
+
+impl Balancer {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the balancer stops (it does not on its own).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Stops every thread and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}

@@ -1,0 +1,65 @@
+//! `balancer`: answers `GET /v1/gateway` with a good gateway for a client.
+//!
+//! See `gateway::balancer` for the choice and the Redis refresh; this file
+//! only parses flags, sets up logging and runs until killed.
+
+use clap::Parser;
+use gateway::balancer::{serve, Config};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Points websocket clients at a fresh, ready gateway with free capacity.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8000", env = "BALANCER_LISTEN")]
+    listen: String,
+    /// Redis holding the membership registry.
+    #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
+    redis_url: String,
+    /// Registry key prefix (namespace), as given to the gateways.
+    #[arg(long, default_value = "", env = "KEY_PREFIX")]
+    key_prefix: String,
+    /// Milliseconds between registry reads.
+    #[arg(long, default_value_t = 1000)]
+    refresh_ms: u64,
+    /// A gateway whose heartbeat is older than this (ms) gets no clients.
+    #[arg(long, default_value_t = 5000)]
+    fresh_ms: u64,
+    /// Keep answering from the last good view this long (ms) while Redis fails.
+    #[arg(long, default_value_t = 15000)]
+    stale_grace_ms: u64,
+    /// HTTP worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        listen: args.listen,
+        redis_url: args.redis_url,
+        key_prefix: args.key_prefix,
+        refresh_interval: Duration::from_millis(args.refresh_ms.max(10)),
+        fresh: Duration::from_millis(args.fresh_ms),
+        stale_grace: Duration::from_millis(args.stale_grace_ms),
+        threads: args.threads.max(1),
+    };
+    match serve(config) {
+        Ok(balancer) => {
+            balancer.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("balancer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
