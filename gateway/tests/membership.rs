@@ -266,3 +266,37 @@ fn status_lists_every_role() {
     status::run_with_prefix(&redis.url(), &prefix, true).unwrap();
     assert!(status::run("redis://127.0.0.1:1", false).is_err());
 }
+
+#[test]
+fn draining_flag_of_the_load_source_is_written_at_once() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("drainflag");
+    let draining = Arc::new(AtomicBool::new(false));
+    let d2 = draining.clone();
+    let load: LoadSource = Arc::new(move || Load {
+        connections: 0,
+        capacity: 1,
+        draining: d2.load(Ordering::Relaxed),
+    });
+    let mut cfg = config(&redis, &prefix, Role::Gateway, "gw-d");
+    cfg.interval = Duration::from_secs(5);
+    cfg.ttl = Duration::from_secs(15);
+    let _hb = Heartbeat::start(cfg, load).unwrap();
+    let mut conn = redis.conn();
+    assert!(wait_until(Duration::from_secs(3), || {
+        list_nodes(&mut conn, &prefix, None).unwrap().nodes.len() == 1
+    }));
+    let t = Instant::now();
+    draining.store(true, Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(1), || {
+        list_nodes(&mut conn, &prefix, None).unwrap().nodes[0]
+            .record
+            .state
+            == NodeState::Draining
+    }));
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -4,8 +4,9 @@
 //! process waits on it). Every `interval` it asks the [`LoadSource`] for the
 //! live numbers, reads Redis `TIME`, and writes the record with a TTL. When
 //! Redis is unreachable it reconnects with capped exponential backoff and
-//! full jitter. [`Heartbeat::notify`] forces a write at once (a draining
-//! gateway must leave the balancer's candidate set immediately), and
+//! full jitter. A change of the load source's `draining` flag is written
+//! within 100 ms (a draining gateway must leave the balancer's candidate set
+//! at once); [`Heartbeat::notify`] forces a write now, and
 //! [`Heartbeat::shutdown`] deletes the record on a clean exit.
 
 use super::backoff::Backoff;
@@ -76,6 +77,9 @@ impl HeartbeatConfig {
         }
     }
 }
+
+/// How often the thread looks at the draining flag between writes.
+const STATE_POLL: Duration = Duration::from_millis(100);
 
 enum Command {
     Notify,
@@ -192,10 +196,22 @@ impl Publisher {
     fn run(mut self, commands: Receiver<Command>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut next = Instant::now();
+        // The draining flag as last written; None while Redis is failing.
+        let mut written: Option<bool> = None;
         loop {
-            let wait = next.saturating_duration_since(Instant::now());
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .min(STATE_POLL);
             match commands.recv_timeout(wait) {
-                Ok(Command::Notify) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Command::Notify) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    // Between ticks, write early only when the node started
+                    // or stopped draining, so the balancer and HAProxy hear
+                    // it within STATE_POLL without the caller's help.
+                    if Instant::now() < next && written.is_none_or(|d| d == self.draining()) {
+                        continue;
+                    }
+                }
                 Ok(Command::Stop(done)) => {
                     self.remove();
                     let _ = done.send(());
@@ -207,7 +223,8 @@ impl Publisher {
                 }
             }
             match self.write() {
-                Ok(()) => {
+                Ok(draining) => {
+                    written = Some(draining);
                     self.shared.writes_ok.fetch_add(1, Ordering::Relaxed);
                     self.shared.connected.store(true, Ordering::Relaxed);
                     backoff.reset();
@@ -217,6 +234,7 @@ impl Publisher {
                     self.shared.writes_failed.fetch_add(1, Ordering::Relaxed);
                     self.shared.connected.store(false, Ordering::Relaxed);
                     self.conn = None;
+                    written = None;
                     let delay = backoff.next_delay();
                     if backoff.attempts() == 1 || backoff.attempts().is_multiple_of(20) {
                         tracing::warn!(
@@ -243,7 +261,12 @@ impl Publisher {
         Ok(self.conn.as_mut().expect("connection was just set"))
     }
 
-    fn write(&mut self) -> redis::RedisResult<()> {
+    fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst) || (self.load)().draining
+    }
+
+    /// Writes the record; returns the draining flag it wrote.
+    fn write(&mut self) -> redis::RedisResult<bool> {
         let load = (self.load)();
         let draining = load.draining || self.shared.draining.load(Ordering::SeqCst);
         let key = record_key(&self.config.key_prefix, self.config.role, &self.config.id);
@@ -288,7 +311,8 @@ impl Publisher {
             .arg(now_ms.saturating_add(ttl_ms))
             .arg(&key)
             .ignore()
-            .query::<()>(conn)
+            .query::<()>(conn)?;
+        Ok(draining)
     }
 
     fn remove(&mut self) {

@@ -25,12 +25,14 @@
 //!   `MULTI`/`EXEC`.
 
 mod backoff;
+mod gateway;
 mod heartbeat;
 mod record;
 mod registry;
 pub mod status;
 
 pub use backoff::Backoff;
+pub use gateway::start_gateway_heartbeat;
 pub use heartbeat::{Heartbeat, HeartbeatConfig, Load, LoadSource};
 pub use record::{index_key, record_key, NodeRecord, NodeState, Role};
 pub use registry::{connect, list_nodes, redis_time_ms, Listing, NodeEntry};
