@@ -10,17 +10,30 @@ use std::time::Duration;
 
 /// Points websocket clients at a fresh, ready gateway with free capacity.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "balancer", version)]
 struct Args {
     /// HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:8000", env = "BALANCER_LISTEN")]
     listen: String,
     /// Redis holding the membership registry.
-    #[arg(long, default_value = "redis://127.0.0.1:6379", env = "REDIS_URL")]
+    #[arg(
+        long,
+        default_value = "redis://127.0.0.1:6379",
+        env = "BALANCER_REDIS_URL"
+    )]
     redis_url: String,
-    /// Registry key prefix (namespace), as given to the gateways.
-    #[arg(long, default_value = "", env = "KEY_PREFIX")]
+    /// Registry key prefix, verbatim (tests use a unique one per test).
+    #[arg(
+        long,
+        default_value = "",
+        env = "BALANCER_KEY_PREFIX",
+        conflicts_with = "namespace"
+    )]
     key_prefix: String,
+    /// The cluster's `--namespace` (as given to gateways, masters and
+    /// workers): registry keys then start with `<namespace>:`.
+    #[arg(long, env = "BALANCER_NAMESPACE")]
+    namespace: Option<String>,
     /// Milliseconds between registry reads.
     #[arg(long, default_value_t = 1000)]
     refresh_ms: u64,
@@ -46,7 +59,10 @@ fn main() -> ExitCode {
     let config = Config {
         listen: args.listen,
         redis_url: args.redis_url,
-        key_prefix: args.key_prefix,
+        key_prefix: match args.namespace.as_deref().map(str::trim) {
+            Some(ns) if !ns.is_empty() => format!("{ns}:"),
+            _ => args.key_prefix,
+        },
         refresh_interval: Duration::from_millis(args.refresh_ms.max(10)),
         fresh: Duration::from_millis(args.fresh_ms),
         stale_grace: Duration::from_millis(args.stale_grace_ms),
