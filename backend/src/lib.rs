@@ -21,14 +21,23 @@
 //! addresses, [`robots`] obeys robots.txt, [`extract`] reads links);
 //! [`cache`] holds results behind [`cache::ResultCache`]; [`urlnorm`] gives
 //! every URL one spelling.
+//!
+//! The distributed mode reuses all of it: [`amqp`] (topology, wire
+//! messages, backoff), [`redis_store`] (shared cache, result store, leases
+//! with fencing) and [`cluster`] (the `backend master` and `backend worker`
+//! processes); [`gateway_link`] is the gateway's side of the broker.
 
+pub mod amqp;
 pub mod cache;
+pub mod cluster;
 pub mod engine;
 pub mod extract;
+pub mod gateway_link;
 pub mod guard;
 pub mod job;
 pub mod master;
 pub mod queue;
+pub mod redis_store;
 pub mod robots;
 pub mod urlnorm;
 pub mod worker;

@@ -115,6 +115,19 @@ pub struct Config {
     /// whatever clients name is an SSRF hole.
     #[arg(long, env = "GATEWAY_ALLOW_PRIVATE")]
     pub allow_private: bool,
+
+    /// amqp backend: the RabbitMQ broker.
+    #[arg(long, env = "GATEWAY_AMQP_URL", default_value = backend::amqp::DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// amqp backend: Redis for the shared cache and the result store.
+    #[arg(long, env = "GATEWAY_REDIS_URL", default_value = backend::amqp::DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+
+    /// amqp backend: prefix of queue names and Redis keys; must match the
+    /// masters' and workers' `--namespace`.
+    #[arg(long, env = "GATEWAY_NAMESPACE", default_value = "")]
+    pub namespace: String,
 }
 
 impl Config {
@@ -137,6 +150,20 @@ impl Config {
             workers: self.crawl_workers.max(1),
             masters: self.crawl_jobs.max(1),
             ..Default::default()
+        }
+    }
+
+    /// The amqp backend's settings.
+    pub fn amqp(&self) -> crate::backend::amqp::AmqpConfig {
+        let engine = self.engine();
+        crate::backend::amqp::AmqpConfig {
+            amqp_url: self.amqp_url.clone(),
+            redis_url: self.redis_url.clone(),
+            namespace: self.namespace.clone(),
+            node_id: self.node_id(),
+            cache_ttl: engine.cache_ttl,
+            result_ttl: engine.result_ttl,
+            queue_expires: std::time::Duration::from_secs(300),
         }
     }
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use gateway::backend::amqp::AmqpBackend;
 use gateway::backend::echo::EchoBackend;
 use gateway::backend::embedded::EmbeddedBackend;
 use gateway::backend::Backend;
@@ -45,14 +46,13 @@ fn run(config: Config) -> std::io::Result<()> {
     let status = Arc::new(Status::new(node_id.clone(), backend_name, config.max_connections));
     let backend_kind = config.backend;
     let engine = config.engine();
+    let amqp = config.amqp();
     let echo_delay = std::time::Duration::from_millis(config.echo_delay_ms);
     let reactor = Reactor::bind(&config, metrics.clone(), status.clone(), |sink| {
         let backend: Box<dyn Backend> = match backend_kind {
             BackendKind::Echo => Box::new(EchoBackend::new(sink, echo_delay)?),
             BackendKind::Embedded => Box::new(EmbeddedBackend::start(engine, sink)),
-            other => {
-                return Err(std::io::Error::other(format!("backend {other:?} is not available in this build")))
-            }
+            BackendKind::Amqp => Box::new(AmqpBackend::start(amqp, sink)?),
         };
         Ok(backend)
     })?;

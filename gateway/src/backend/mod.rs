@@ -6,6 +6,7 @@
 //! wakes the reactor's `mio::Waker`. Adapters: `echo` (answers at once, for
 //! benchmarks), `embedded` (in-process crawl), `amqp` (RabbitMQ + Redis).
 
+pub mod amqp;
 pub mod echo;
 pub mod embedded;
 
