@@ -15,12 +15,18 @@
 //! Requests are counted per path so tests can tell what was fetched.
 
 use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tiny_http::{Header, Response, Server};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
 /// Site paths under this prefix are disallowed by the fixture's robots.txt.
 pub const DISALLOWED_PREFIX: &str = "/private/";
@@ -60,7 +66,7 @@ pub struct FixtureOptions {
     pub generated: usize,
     /// Child links per generated page.
     pub fanout: usize,
-    /// Threads answering requests.
+    /// Runtime threads answering requests.
     pub threads: usize,
 }
 
@@ -79,8 +85,6 @@ struct State {
     pages: RwLock<HashMap<String, Page>>,
     hits: Mutex<HashMap<String, u32>>,
     slow: Duration,
-    stop: Mutex<bool>,
-    stopped: Condvar,
 }
 
 /// A running fixture site; stops when dropped.
@@ -88,8 +92,8 @@ pub struct FixtureSite {
     addr: SocketAddr,
     base: String,
     state: Arc<State>,
-    server: Arc<Server>,
-    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl FixtureSite {
@@ -99,11 +103,9 @@ impl FixtureSite {
     }
 
     pub fn start_with(options: FixtureOptions) -> FixtureSite {
-        let server = Arc::new(Server::http("127.0.0.1:0").expect("binding the fixture site"));
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .expect("fixture listens on TCP");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fixture site");
+        listener.set_nonblocking(true).expect("non-blocking listener");
+        let addr = listener.local_addr().expect("fixture address");
         let base = format!("http://{addr}");
         let mut pages = hand_made(&base);
         generated(&mut pages, options.generated, options.fanout);
@@ -111,22 +113,20 @@ impl FixtureSite {
             pages: RwLock::new(pages),
             hits: Mutex::new(HashMap::new()),
             slow: options.slow,
-            stop: Mutex::new(false),
-            stopped: Condvar::new(),
         });
-        let threads = (0..options.threads.max(1))
-            .map(|_| {
-                let (server, state) = (server.clone(), state.clone());
-                std::thread::spawn(move || serve(&server, &state))
-            })
-            .collect();
-        FixtureSite {
-            addr,
-            base,
-            state,
-            server,
-            threads,
-        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.threads.max(1))
+            .enable_all()
+            .build()
+            .expect("fixture runtime");
+        let (stop, stopped) = watch::channel(false);
+        let server_state = state.clone();
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(accept_loop(listener, server_state, stopped));
+            // Dropping the runtime here cancels open connections and
+            // pending slow answers.
+        });
+        FixtureSite { addr, base, state, stop, thread: Some(thread) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -216,12 +216,8 @@ impl FixtureSite {
 
 impl Drop for FixtureSite {
     fn drop(&mut self) {
-        *self.state.stop.lock().unwrap() = true;
-        self.state.stopped.notify_all();
-        for _ in &self.threads {
-            self.server.unblock();
-        }
-        for t in self.threads.drain(..) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
@@ -240,55 +236,57 @@ fn out_links(pages: &HashMap<String, Page>, path: &str, robots: bool, hops: usiz
     }
 }
 
-fn serve(server: &Server, state: &State) {
+async fn accept_loop(listener: std::net::TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
     loop {
-        let request = match server.recv() {
-            Ok(r) => r,
-            Err(_) if *state.stop.lock().unwrap() => return,
-            Err(_) => continue,
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stopped.changed() => return,
         };
-        let path = request.url().to_string();
-        *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-        let page = state.pages.read().unwrap().get(&path).cloned();
-        let html = header("Content-Type", "text/html; charset=utf-8");
-        let result = match page {
-            Some(Page::Html { body, slow, .. }) => {
-                if slow {
-                    // Waits on the stop flag rather than sleeping, so that
-                    // dropping the site does not wait for slow answers.
-                    let stop = state.stop.lock().unwrap();
-                    let _ = state.stopped.wait_timeout_while(stop, state.slow, |s| !*s);
-                }
-                request.respond(Response::from_string(body).with_header(html))
-            }
-            Some(Page::Redirect {
-                status, location, ..
-            }) => request.respond(
-                Response::from_string("moved")
-                    .with_status_code(status)
-                    .with_header(header("Location", &location)),
-            ),
-            Some(Page::Text { content_type, body }) => request.respond(
-                Response::from_string(body).with_header(header("Content-Type", content_type)),
-            ),
-            Some(Page::Status { status, body }) => request.respond(
-                Response::from_string(body)
-                    .with_status_code(status)
-                    .with_header(html),
-            ),
-            None => request.respond(
-                Response::from_string(r#"<a href="/never-from-404.html">x</a>"#)
-                    .with_status_code(404)
-                    .with_header(html),
-            ),
-        };
-        // A client that went away is not the fixture's problem.
-        let _ = result;
+        let (state, stopped) = (state.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(state.clone(), stopped.clone(), request));
+            // A client that went away is not the fixture's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+async fn respond(
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let page = state.pages.read().unwrap().get(&path).cloned();
+    let html = "text/html; charset=utf-8";
+    let (status, content_type, location, body) = match page {
+        Some(Page::Html { body, slow, .. }) => {
+            if slow {
+                tokio::select! {
+                    _ = tokio::time::sleep(state.slow) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            (200, html, None, body)
+        }
+        Some(Page::Redirect { status, location, .. }) => (status, "text/plain", Some(location), "moved".into()),
+        Some(Page::Text { content_type, body }) => (200, content_type, None, body),
+        Some(Page::Status { status, body }) => (status, html, None, body),
+        None => (404, html, None, r#"<a href="/never-from-404.html">x</a>"#.to_string()),
+    };
+    let mut response = Response::builder().status(status).header("Content-Type", content_type);
+    if let Some(location) = location {
+        response = response.header("Location", location);
+    }
+    let body = Full::new(Bytes::from(body));
+    Ok(response.body(body).unwrap_or_else(|_| Response::new(Full::new(Bytes::from("bad fixture header")))))
 }
 
 fn html(links: &[&str]) -> String {
