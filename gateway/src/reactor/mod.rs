@@ -31,7 +31,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use self::conn::{Conn, Phase};
-use self::readers::{Command, Finished, Verdict, Work};
+use self::readers::{CloseKind, Command, Finished, Verdict, Work};
 use self::session::SessionPool;
 use crate::backend::{Backend, ClientId, Reply, ReplySink};
 use crate::config::Config;
@@ -84,7 +84,8 @@ impl Shared {
     }
 }
 
-/// A connection's slot in the slab.
+/// A connection's slot in the slab. `Pending` is kept no larger than
+/// `Conn`, so the slab costs one `Conn` per connection.
 enum Slot {
     /// Owned by the reactor, waiting for something to happen.
     Idle(Conn),
@@ -106,7 +107,7 @@ impl Pending {
 
     fn add_command(&mut self, command: Command) {
         // A close outranks a ping.
-        if !matches!(self.command, Some(Command::Close { .. })) {
+        if !matches!(self.command, Some(Command::Close(_))) {
             self.command = Some(command);
         }
     }
@@ -408,7 +409,7 @@ impl Reactor {
                         && conn.jobs.is_none()
                         && now - conn.last_active >= self.idle_timeout =>
                 {
-                    Some(Due::Send(Command::Close { code: 1001, reason: "idle timeout" }))
+                    Some(Due::Send(Command::Close(CloseKind::IdleTimeout)))
                 }
                 Phase::Open if !conn.ping_outstanding && now - conn.last_seen >= self.ping_interval => {
                     Some(Due::Send(Command::Ping))
@@ -460,7 +461,7 @@ impl Reactor {
             .map(|(key, _)| Token(key))
             .collect();
         let this_step = open.len().div_ceil(steps_left as usize);
-        let close = Command::Close { code: 1012, reason: "gateway restarting; reconnect" };
+        let close = Command::Close(CloseKind::Restarting);
         for token in open.into_iter().take(this_step) {
             self.dispatch(token, |pending| pending.add_command(close));
         }
@@ -471,5 +472,16 @@ impl Reactor {
             Some(drain) => self.slots.is_empty() || Instant::now() >= drain.give_up,
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_costs_no_more_than_its_connection() {
+        assert!(std::mem::size_of::<Pending>() <= std::mem::size_of::<Conn>());
+        assert_eq!(std::mem::size_of::<Slot>(), std::mem::size_of::<Conn>());
     }
 }

@@ -29,13 +29,39 @@ const READS_PER_TURN: usize = 16;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 8192;
 
-/// Something the reactor asks of a connection.
+/// Something the reactor asks of a connection. One byte, so that a busy
+/// slot is no bigger than an idle one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Send a websocket ping (the connection has been quiet).
     Ping,
     /// Send a close frame and wait briefly for the client's.
-    Close { code: u16, reason: &'static str },
+    Close(CloseKind),
+}
+
+/// Why the gateway closes a healthy connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// No message for `--idle-timeout` and no job running.
+    IdleTimeout,
+    /// The gateway is draining: reconnect (to another gateway).
+    Restarting,
+}
+
+impl CloseKind {
+    fn code(self) -> u16 {
+        match self {
+            CloseKind::IdleTimeout => 1001,
+            CloseKind::Restarting => 1012,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            CloseKind::IdleTimeout => "idle timeout",
+            CloseKind::Restarting => "gateway restarting; reconnect",
+        }
+    }
 }
 
 /// A connection handed to a reader, with everything that happened to it
@@ -126,8 +152,8 @@ fn drive(
             conn.ping_outstanding = true;
             conn.ping_sent = now;
         }
-        Some(Command::Close { code, reason }) if conn.phase == Phase::Open => {
-            codec::close(&mut session.outbound, code, reason);
+        Some(Command::Close(kind)) if conn.phase == Phase::Open => {
+            codec::close(&mut session.outbound, kind.code(), kind.reason());
             conn.phase = Phase::Closing;
             conn.ping_sent = now;
         }
