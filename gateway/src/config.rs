@@ -18,7 +18,11 @@ pub enum BackendKind {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gateway", version, about = "Websocket gateway for long-running crawl jobs")]
+#[command(
+    name = "gateway",
+    version,
+    about = "Websocket gateway for long-running crawl jobs"
+)]
 pub struct Config {
     /// Address the websocket endpoint (`/ws` and `/`) listens on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:5555")]
@@ -132,7 +136,9 @@ pub struct Config {
 
 impl Config {
     pub fn node_id(&self) -> String {
-        self.node_id.clone().unwrap_or_else(|| format!("gw-{}", self.listen.port()))
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("gw-{}", self.listen.port()))
     }
 
     pub fn readers(&self) -> usize {

@@ -43,7 +43,11 @@ fn run(config: Config) -> std::io::Result<()> {
         BackendKind::Amqp => "amqp",
     };
     let metrics = Arc::new(Metrics::default());
-    let status = Arc::new(Status::new(node_id.clone(), backend_name, config.max_connections));
+    let status = Arc::new(Status::new(
+        node_id.clone(),
+        backend_name,
+        config.max_connections,
+    ));
     let backend_kind = config.backend;
     let engine = config.engine();
     let amqp = config.amqp();

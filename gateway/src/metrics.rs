@@ -73,38 +73,100 @@ impl Default for Metrics {
             resident_memory: Gauge::default(),
         };
         let r = &mut m.registry;
-        r.register("gateway_connections_open", "Open websocket connections", m.connections_open.clone());
-        r.register("gateway_connections_accepted", "TCP connections accepted", m.connections_accepted.clone());
-        r.register("gateway_connections_closed", "Connections closed, by reason", m.connections_closed.clone());
-        r.register("gateway_handshakes_refused", "Upgrades refused, by reason", m.handshakes_refused.clone());
-        r.register("gateway_messages_received", "Websocket messages from clients", m.messages_received.clone());
-        r.register("gateway_messages_sent", "Websocket messages to clients", m.messages_sent.clone());
-        r.register("gateway_jobs_submitted", "Jobs handed to the backend", m.jobs_submitted.clone());
-        r.register("gateway_jobs_answered", "Jobs answered, by outcome", m.jobs_answered.clone());
-        r.register("gateway_cache_hits", "Results answered from the cache", m.cache_hits.clone());
-        r.register("gateway_errors", "Error messages sent, by code", m.errors.clone());
-        r.register("gateway_job_duration_seconds", "Submit to result", m.job_duration.clone());
-        r.register("gateway_draining", "1 while the gateway drains", m.draining.clone());
-        r.register("process_resident_memory_bytes", "Resident memory", m.resident_memory.clone());
+        r.register(
+            "gateway_connections_open",
+            "Open websocket connections",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "gateway_connections_accepted",
+            "TCP connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "gateway_connections_closed",
+            "Connections closed, by reason",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "gateway_handshakes_refused",
+            "Upgrades refused, by reason",
+            m.handshakes_refused.clone(),
+        );
+        r.register(
+            "gateway_messages_received",
+            "Websocket messages from clients",
+            m.messages_received.clone(),
+        );
+        r.register(
+            "gateway_messages_sent",
+            "Websocket messages to clients",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "gateway_jobs_submitted",
+            "Jobs handed to the backend",
+            m.jobs_submitted.clone(),
+        );
+        r.register(
+            "gateway_jobs_answered",
+            "Jobs answered, by outcome",
+            m.jobs_answered.clone(),
+        );
+        r.register(
+            "gateway_cache_hits",
+            "Results answered from the cache",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "gateway_errors",
+            "Error messages sent, by code",
+            m.errors.clone(),
+        );
+        r.register(
+            "gateway_job_duration_seconds",
+            "Submit to result",
+            m.job_duration.clone(),
+        );
+        r.register(
+            "gateway_draining",
+            "1 while the gateway drains",
+            m.draining.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory",
+            m.resident_memory.clone(),
+        );
         m
     }
 }
 
 impl Metrics {
     pub fn closed(&self, reason: &'static str) {
-        self.connections_closed.get_or_create(&ReasonLabel { reason }).inc();
+        self.connections_closed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn refused(&self, reason: &'static str) {
-        self.handshakes_refused.get_or_create(&ReasonLabel { reason }).inc();
+        self.handshakes_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn error(&self, code: &str) {
-        self.errors.get_or_create(&CodeLabel { code: code.to_string() }).inc();
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.to_string(),
+            })
+            .inc();
     }
 
     pub fn answered(&self, outcome: &'static str) {
-        self.jobs_answered.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.jobs_answered
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric, memory read now.

@@ -37,9 +37,19 @@ pub const MAX_JOB_ID_LEN: usize = 128;
 /// A message from a client, parsed and type-checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Crawl { id: String, url: String, depth: i64, options: JobOptions },
-    Resume { id: String, token: String },
-    Ping { id: Value },
+    Crawl {
+        id: String,
+        url: String,
+        depth: i64,
+        options: JobOptions,
+    },
+    Resume {
+        id: String,
+        token: String,
+    },
+    Ping {
+        id: Value,
+    },
 }
 
 /// A message the gateway could not accept; answered with an `error` frame.
@@ -52,7 +62,10 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(id: Option<String>, code: &str, message: impl Into<String>) -> Self {
-        Rejection { id, failure: JobFailure::new(code, message) }
+        Rejection {
+            id,
+            failure: JobFailure::new(code, message),
+        }
     }
 }
 
@@ -70,7 +83,11 @@ pub fn parse(text: &str) -> Result<Request, Rejection> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Rejection::new(None, codes::BAD_JSON, format!("not valid JSON: {e}")))?;
     let Value::Object(obj) = &value else {
-        return Err(Rejection::new(None, codes::BAD_REQUEST, "a message must be a JSON object"));
+        return Err(Rejection::new(
+            None,
+            codes::BAD_REQUEST,
+            "a message must be a JSON object",
+        ));
     };
     let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
     match obj.get("type") {
@@ -80,21 +97,35 @@ pub fn parse(text: &str) -> Result<Request, Rejection> {
                 let url = string_field(&id, obj.get("url"), "url")?;
                 let depth = depth_field(&id, obj.get("depth"))?;
                 let options = job_options(&id, obj)?;
-                Ok(Request::Crawl { id, url, depth, options })
+                Ok(Request::Crawl {
+                    id,
+                    url,
+                    depth,
+                    options,
+                })
             }
             "resume" => {
                 let id = job_id(obj.get("id"))?;
                 let token = string_field(&id, obj.get("token"), "token")?;
                 Ok(Request::Resume { id, token })
             }
-            "ping" => Ok(Request::Ping { id: obj.get("id").cloned().unwrap_or(Value::Null) }),
+            "ping" => Ok(Request::Ping {
+                id: obj.get("id").cloned().unwrap_or(Value::Null),
+            }),
             other => Err(Rejection::new(
                 id,
                 codes::UNKNOWN_TYPE,
-                format!("unknown message type {:?}; expected crawl, resume or ping", truncate(other)),
+                format!(
+                    "unknown message type {:?}; expected crawl, resume or ping",
+                    truncate(other)
+                ),
             )),
         },
-        Some(_) => Err(Rejection::new(id, codes::BAD_REQUEST, "\"type\" must be a string")),
+        Some(_) => Err(Rejection::new(
+            id,
+            codes::BAD_REQUEST,
+            "\"type\" must be a string",
+        )),
         None if obj.contains_key("jobId") => {
             let seed: SeedCrawl = serde_json::from_value(value.clone()).map_err(|_| {
                 Rejection::new(
@@ -106,7 +137,12 @@ pub fn parse(text: &str) -> Result<Request, Rejection> {
             let id = job_id(Some(&seed.job_id))?;
             let url = string_field(&id, Some(&seed.url_to_crawl), "urlToCrawl")?;
             let depth = depth_field(&id, Some(&seed.depth_to_crawl))?;
-            Ok(Request::Crawl { id, url, depth, options: JobOptions::default() })
+            Ok(Request::Crawl {
+                id,
+                url,
+                depth,
+                options: JobOptions::default(),
+            })
         }
         None => Err(Rejection::new(id, codes::BAD_REQUEST, "missing \"type\"")),
     }
@@ -117,7 +153,13 @@ fn job_id(value: Option<&Value>) -> Result<String, Rejection> {
         Some(Value::String(s)) => s.clone(),
         // The seed's clients sometimes send numeric ids.
         Some(Value::Number(n)) => n.to_string(),
-        Some(_) => return Err(Rejection::new(None, codes::BAD_REQUEST, "\"id\" must be a string")),
+        Some(_) => {
+            return Err(Rejection::new(
+                None,
+                codes::BAD_REQUEST,
+                "\"id\" must be a string",
+            ))
+        }
         None => return Err(Rejection::new(None, codes::BAD_REQUEST, "missing \"id\"")),
     };
     if id.is_empty() || id.len() > MAX_JOB_ID_LEN {
@@ -133,19 +175,37 @@ fn job_id(value: Option<&Value>) -> Result<String, Rejection> {
 fn string_field(id: &str, value: Option<&Value>, name: &str) -> Result<String, Rejection> {
     match value {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(Rejection::new(Some(id.into()), codes::BAD_REQUEST, format!("\"{name}\" must be a string"))),
-        None => Err(Rejection::new(Some(id.into()), codes::BAD_REQUEST, format!("missing \"{name}\""))),
+        Some(_) => Err(Rejection::new(
+            Some(id.into()),
+            codes::BAD_REQUEST,
+            format!("\"{name}\" must be a string"),
+        )),
+        None => Err(Rejection::new(
+            Some(id.into()),
+            codes::BAD_REQUEST,
+            format!("missing \"{name}\""),
+        )),
     }
 }
 
 fn depth_field(id: &str, value: Option<&Value>) -> Result<i64, Rejection> {
-    let bad = || Rejection::new(Some(id.into()), codes::BAD_REQUEST, "\"depth\" must be an integer");
+    let bad = || {
+        Rejection::new(
+            Some(id.into()),
+            codes::BAD_REQUEST,
+            "\"depth\" must be an integer",
+        )
+    };
     match value {
         Some(Value::Number(n)) => n.as_i64().ok_or_else(bad),
         // The seed sent depths as strings.
         Some(Value::String(s)) => s.trim().parse().map_err(|_| bad()),
         Some(_) => Err(bad()),
-        None => Err(Rejection::new(Some(id.into()), codes::BAD_REQUEST, "missing \"depth\"")),
+        None => Err(Rejection::new(
+            Some(id.into()),
+            codes::BAD_REQUEST,
+            "missing \"depth\"",
+        )),
     }
 }
 
@@ -165,7 +225,10 @@ fn job_options(id: &str, obj: &serde_json::Map<String, Value>) -> Result<JobOpti
         Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(bad("\"same_host\" must be true or false")),
     };
-    Ok(JobOptions { max_pages, same_host })
+    Ok(JobOptions {
+        max_pages,
+        same_host,
+    })
 }
 
 fn truncate(s: &str) -> &str {
@@ -223,7 +286,8 @@ mod tests {
     #[test]
     fn parses_crawl_in_both_forms() {
         let new = parse(r#"{"type":"crawl","id":"J1","url":"https://a.test/","depth":2}"#).unwrap();
-        let seed = parse(r#"{"jobId":"J1","urlToCrawl":"https://a.test/","depthToCrawl":"2"}"#).unwrap();
+        let seed =
+            parse(r#"{"jobId":"J1","urlToCrawl":"https://a.test/","depthToCrawl":"2"}"#).unwrap();
         let want = Request::Crawl {
             id: "J1".into(),
             url: "https://a.test/".into(),
@@ -238,9 +302,15 @@ mod tests {
     fn parses_resume_and_ping() {
         assert_eq!(
             parse(r#"{"type":"resume","id":"J1","token":"t"}"#).unwrap(),
-            Request::Resume { id: "J1".into(), token: "t".into() }
+            Request::Resume {
+                id: "J1".into(),
+                token: "t".into()
+            }
         );
-        assert_eq!(parse(r#"{"type":"ping","id":7}"#).unwrap(), Request::Ping { id: json!(7) });
+        assert_eq!(
+            parse(r#"{"type":"ping","id":7}"#).unwrap(),
+            Request::Ping { id: json!(7) }
+        );
         assert_eq!(pong(&json!("x")), r#"{"id":"x","type":"pong"}"#);
     }
 
@@ -255,11 +325,26 @@ mod tests {
         assert_eq!(code(r#"{"id":"x"}"#), codes::BAD_REQUEST);
         assert_eq!(code(r#"{"type":5}"#), codes::BAD_REQUEST);
         assert_eq!(code(r#"{"type":"dance","id":"x"}"#), codes::UNKNOWN_TYPE);
-        assert_eq!(code(r#"{"type":"crawl","url":"u","depth":1}"#), codes::BAD_REQUEST);
-        assert_eq!(code(r#"{"type":"crawl","id":"x","depth":1}"#), codes::BAD_REQUEST);
-        assert_eq!(code(r#"{"type":"crawl","id":"x","url":"u","depth":"deep"}"#), codes::BAD_REQUEST);
-        assert_eq!(code(r#"{"type":"crawl","id":"","url":"u","depth":1}"#), codes::BAD_REQUEST);
-        assert_eq!(code(r#"{"jobId":"x","urlToCrawl":"u"}"#), codes::BAD_REQUEST);
+        assert_eq!(
+            code(r#"{"type":"crawl","url":"u","depth":1}"#),
+            codes::BAD_REQUEST
+        );
+        assert_eq!(
+            code(r#"{"type":"crawl","id":"x","depth":1}"#),
+            codes::BAD_REQUEST
+        );
+        assert_eq!(
+            code(r#"{"type":"crawl","id":"x","url":"u","depth":"deep"}"#),
+            codes::BAD_REQUEST
+        );
+        assert_eq!(
+            code(r#"{"type":"crawl","id":"","url":"u","depth":1}"#),
+            codes::BAD_REQUEST
+        );
+        assert_eq!(
+            code(r#"{"jobId":"x","urlToCrawl":"u"}"#),
+            codes::BAD_REQUEST
+        );
         assert_eq!(code(r#"{"type":"resume","id":"x"}"#), codes::BAD_REQUEST);
     }
 

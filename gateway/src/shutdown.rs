@@ -10,18 +10,20 @@ use crate::reactor::Handle;
 
 pub fn on_signals_drain(handle: Handle) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut seen = 0;
-        for signal in signals.forever() {
-            seen += 1;
-            if seen == 1 {
-                info!(signal, "shutdown requested; draining");
-                handle.shutdown();
-            } else {
-                warn!(signal, "second signal; exiting now");
-                std::process::exit(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!(signal, "shutdown requested; draining");
+                    handle.shutdown();
+                } else {
+                    warn!(signal, "second signal; exiting now");
+                    std::process::exit(1);
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }

@@ -30,7 +30,9 @@ impl Status {
     /// Counts one more open websocket if there is room; false when full.
     pub fn reserve_connection(&self, max: usize) -> bool {
         self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 

@@ -24,7 +24,10 @@ fn ping_message_is_answered_with_pong() {
 fn crawl_in_both_forms_is_accepted_then_answered() {
     let gw = Gateway::start(&[]);
     let mut c = gw.connect();
-    send_json(&mut c, &json!({"type": "crawl", "id": "J1", "url": "https://example.com/", "depth": 2}));
+    send_json(
+        &mut c,
+        &json!({"type": "crawl", "id": "J1", "url": "https://example.com/", "depth": 2}),
+    );
     let accepted = recv_json(&mut c);
     assert_eq!(accepted["type"], "accepted");
     assert_eq!(accepted["id"], "J1");
@@ -34,10 +37,16 @@ fn crawl_in_both_forms_is_accepted_then_answered() {
     assert_eq!(result["id"], "J1");
     assert_eq!(result["levels"], json!([["https://example.com/"]]));
 
-    send_json(&mut c, &json!({"jobId": "J2", "urlToCrawl": "https://example.com/a", "depthToCrawl": 1}));
+    send_json(
+        &mut c,
+        &json!({"jobId": "J2", "urlToCrawl": "https://example.com/a", "depthToCrawl": 1}),
+    );
     assert_eq!(recv_json(&mut c)["type"], "accepted");
     let result = recv_json(&mut c);
-    assert_eq!((result["id"].as_str(), result["depth"].as_u64()), (Some("J2"), Some(1)));
+    assert_eq!(
+        (result["id"].as_str(), result["depth"].as_u64()),
+        (Some("J2"), Some(1))
+    );
 }
 
 #[test]
@@ -48,14 +57,40 @@ fn every_bad_message_gets_its_error_code_and_the_connection_lives_on() {
         (json!("{not json"), "bad_json"),
         (json!("[1]"), "bad_request"),
         (json!(r#"{"type":"dance","id":"x"}"#), "unknown_type"),
-        (json!(r#"{"type":"crawl","id":"x","depth":1}"#), "bad_request"),
-        (json!(r#"{"type":"crawl","id":"x","url":"not a url","depth":1}"#), "invalid_url"),
-        (json!(r#"{"type":"crawl","id":"x","url":"ftp://example.com/","depth":1}"#), "unsupported_scheme"),
-        (json!(r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":99}"#), "too_deep"),
-        (json!(r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":0}"#), "invalid_depth"),
-        (json!(r#"{"type":"crawl","id":"x","url":"http://127.0.0.1:9/","depth":1}"#), "private_address"),
-        (json!(r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":1,"same_host":"y"}"#), "bad_request"),
-        (json!(r#"{"type":"resume","id":"x","token":"guessed"}"#), "unknown_job"),
+        (
+            json!(r#"{"type":"crawl","id":"x","depth":1}"#),
+            "bad_request",
+        ),
+        (
+            json!(r#"{"type":"crawl","id":"x","url":"not a url","depth":1}"#),
+            "invalid_url",
+        ),
+        (
+            json!(r#"{"type":"crawl","id":"x","url":"ftp://example.com/","depth":1}"#),
+            "unsupported_scheme",
+        ),
+        (
+            json!(r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":99}"#),
+            "too_deep",
+        ),
+        (
+            json!(r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":0}"#),
+            "invalid_depth",
+        ),
+        (
+            json!(r#"{"type":"crawl","id":"x","url":"http://127.0.0.1:9/","depth":1}"#),
+            "private_address",
+        ),
+        (
+            json!(
+                r#"{"type":"crawl","id":"x","url":"https://example.com/","depth":1,"same_host":"y"}"#
+            ),
+            "bad_request",
+        ),
+        (
+            json!(r#"{"type":"resume","id":"x","token":"guessed"}"#),
+            "unknown_job",
+        ),
     ];
     for (text, code) in cases {
         c.send(Message::text(text.as_str().unwrap())).unwrap();
@@ -67,13 +102,25 @@ fn every_bad_message_gets_its_error_code_and_the_connection_lives_on() {
     assert_eq!(recv_json(&mut c)["code"], "binary_not_supported");
 
     // One job may run per connection; the echo delay keeps this one running.
-    send_json(&mut c, &json!({"type": "crawl", "id": "long", "url": "https://example.com/", "depth": 1}));
+    send_json(
+        &mut c,
+        &json!({"type": "crawl", "id": "long", "url": "https://example.com/", "depth": 1}),
+    );
     assert_eq!(recv_json(&mut c)["type"], "accepted");
-    send_json(&mut c, &json!({"type": "crawl", "id": "long", "url": "https://example.com/", "depth": 1}));
+    send_json(
+        &mut c,
+        &json!({"type": "crawl", "id": "long", "url": "https://example.com/", "depth": 1}),
+    );
     assert_eq!(recv_json(&mut c)["code"], "duplicate_job");
-    send_json(&mut c, &json!({"type": "crawl", "id": "other", "url": "https://example.com/", "depth": 1}));
+    send_json(
+        &mut c,
+        &json!({"type": "crawl", "id": "other", "url": "https://example.com/", "depth": 1}),
+    );
     let error = recv_json(&mut c);
-    assert_eq!((error["code"].as_str(), error["id"].as_str()), (Some("too_many_jobs"), Some("other")));
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_str()),
+        (Some("too_many_jobs"), Some("other"))
+    );
 
     send_json(&mut c, &json!({"type": "ping", "id": 1}));
     assert_eq!(recv_json(&mut c)["type"], "pong");
@@ -86,15 +133,33 @@ fn fragmented_message_is_reassembled() {
     let gw = Gateway::start(&[]);
     let mut c = gw.connect();
     let text = br#"{"type":"ping","id":"frag"}"#;
-    c.send(Message::Frame(Frame::message(text[..5].to_vec(), OpCode::Data(Data::Text), false))).unwrap();
+    c.send(Message::Frame(Frame::message(
+        text[..5].to_vec(),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .unwrap();
     c.send(Message::Ping(b"between".to_vec().into())).unwrap();
-    c.send(Message::Frame(Frame::message(text[5..10].to_vec(), OpCode::Data(Data::Continue), false))).unwrap();
-    c.send(Message::Frame(Frame::message(text[10..].to_vec(), OpCode::Data(Data::Continue), true))).unwrap();
+    c.send(Message::Frame(Frame::message(
+        text[5..10].to_vec(),
+        OpCode::Data(Data::Continue),
+        false,
+    )))
+    .unwrap();
+    c.send(Message::Frame(Frame::message(
+        text[10..].to_vec(),
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .unwrap();
     loop {
         match c.read().unwrap() {
             Message::Pong(payload) => assert_eq!(&payload[..], b"between"),
             Message::Text(t) => {
-                assert_eq!(serde_json::from_str::<serde_json::Value>(&t).unwrap(), json!({"type":"pong","id":"frag"}));
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+                    json!({"type":"pong","id":"frag"})
+                );
                 break;
             }
             other => panic!("{other:?}"),
@@ -108,16 +173,27 @@ fn oversized_message_is_closed_with_1009() {
     let mut c = gw.connect();
     c.send(Message::text("x".repeat(2000))).unwrap();
     assert_eq!(recv_close(&mut c).0, 1009);
-    gw.wait_metric("gateway_connections_closed_total{reason=\"message_too_big\"", |v| v == 1.0);
+    gw.wait_metric(
+        "gateway_connections_closed_total{reason=\"message_too_big\"",
+        |v| v == 1.0,
+    );
 }
 
 #[test]
 fn invalid_utf8_text_is_closed_with_1007() {
     let gw = Gateway::start(&[]);
     let mut c = gw.connect();
-    c.send(Message::Frame(Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true))).unwrap();
+    c.send(Message::Frame(Frame::message(
+        vec![b'{', 0xff, 0xfe, b'}'],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .unwrap();
     assert_eq!(recv_close(&mut c).0, 1007);
-    gw.wait_metric("gateway_connections_closed_total{reason=\"invalid_utf8\"", |v| v == 1.0);
+    gw.wait_metric(
+        "gateway_connections_closed_total{reason=\"invalid_utf8\"",
+        |v| v == 1.0,
+    );
 }
 
 #[test]
@@ -127,7 +203,10 @@ fn client_close_is_answered_and_counted() {
     gw.wait_metric("gateway_connections_open", |v| v == 1.0);
     c.close(None).unwrap();
     assert!(matches!(c.read(), Ok(Message::Close(_))));
-    gw.wait_metric("gateway_connections_closed_total{reason=\"client_close\"", |v| v == 1.0);
+    gw.wait_metric(
+        "gateway_connections_closed_total{reason=\"client_close\"",
+        |v| v == 1.0,
+    );
     gw.wait_metric("gateway_connections_open", |v| v == 0.0);
 }
 
@@ -151,7 +230,8 @@ fn websocket_pings_go_both_ways_and_silent_clients_are_dropped() {
     // while `c` keeps reading (and so answering the gateway's pings).
     let mut silent = raw_upgrade(&gw);
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = c.get_mut() {
-        s.set_read_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
     }
     wait_for("the silent client to be dropped", || {
         match c.read() {
@@ -170,16 +250,29 @@ fn websocket_pings_go_both_ways_and_silent_clients_are_dropped() {
 
 #[test]
 fn idle_timeout_spares_a_client_whose_job_runs() {
-    let gw = Gateway::start(&["--idle-timeout", "1", "--ping-interval", "30", "--echo-delay-ms", "3500"]);
+    let gw = Gateway::start(&[
+        "--idle-timeout",
+        "1",
+        "--ping-interval",
+        "30",
+        "--echo-delay-ms",
+        "3500",
+    ]);
     let mut busy = gw.connect();
     let mut idle = gw.connect();
     with_timeout(&mut busy, 10);
     with_timeout(&mut idle, 10);
-    send_json(&mut busy, &json!({"type": "crawl", "id": "slow", "url": "https://example.com/", "depth": 1}));
+    send_json(
+        &mut busy,
+        &json!({"type": "crawl", "id": "slow", "url": "https://example.com/", "depth": 1}),
+    );
     assert_eq!(recv_json(&mut busy)["type"], "accepted");
     assert_eq!(recv_close(&mut idle), (1001, "idle timeout".to_string()));
     let result = recv_json(&mut busy);
-    assert_eq!(result["type"], "result", "the busy client got its result instead of a close");
+    assert_eq!(
+        result["type"], "result",
+        "the busy client got its result instead of a close"
+    );
 }
 
 #[test]
@@ -189,15 +282,25 @@ fn upgrades_over_the_limit_get_503() {
     let _b = gw.connect();
     match tungstenite::connect(&gw.ws) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
-        other => panic!("third connection should be refused: {:?}", other.map(|_| ())),
+        other => panic!(
+            "third connection should be refused: {:?}",
+            other.map(|_| ())
+        ),
     }
-    gw.wait_metric("gateway_handshakes_refused_total{reason=\"over_capacity\"", |v| v == 1.0);
+    gw.wait_metric(
+        "gateway_handshakes_refused_total{reason=\"over_capacity\"",
+        |v| v == 1.0,
+    );
 }
 
 #[test]
 fn bad_handshakes_get_http_errors() {
     let gw = Gateway::start(&[]);
-    let addr = gw.ws.trim_start_matches("ws://").trim_end_matches("/ws").to_string();
+    let addr = gw
+        .ws
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_string();
     let status = |request: &str| {
         let mut s = TcpStream::connect(&addr).unwrap();
         s.write_all(request.as_bytes()).unwrap();
@@ -207,7 +310,10 @@ fn bad_handshakes_get_http_errors() {
     };
     assert_eq!(status("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), "400");
     assert_eq!(status("GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n"), "404");
-    assert_eq!(status("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n"), "400");
+    assert_eq!(
+        status("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n"),
+        "400"
+    );
     // The gateway is unharmed.
     let mut c = gw.connect();
     send_json(&mut c, &json!({"type": "ping", "id": 1}));
@@ -216,7 +322,12 @@ fn bad_handshakes_get_http_errors() {
 
 #[test]
 fn a_client_that_does_not_read_is_closed() {
-    let gw = Gateway::start(&["--max-outbound-bytes", "65536", "--max-message-bytes", "65536"]);
+    let gw = Gateway::start(&[
+        "--max-outbound-bytes",
+        "65536",
+        "--max-message-bytes",
+        "65536",
+    ]);
     let mut s = raw_upgrade(&gw);
     // Ask for far more pong bytes than the kernel buffers hold, never reading.
     let id = "x".repeat(60_000);
@@ -229,7 +340,10 @@ fn a_client_that_does_not_read_is_closed() {
             break;
         }
     }
-    gw.wait_metric("gateway_connections_closed_total{reason=\"slow_consumer\"", |v| v == 1.0);
+    gw.wait_metric(
+        "gateway_connections_closed_total{reason=\"slow_consumer\"",
+        |v| v == 1.0,
+    );
 }
 
 #[test]
@@ -239,14 +353,20 @@ fn metrics_follow_the_traffic() {
     gw.wait_metric("gateway_connections_open", |v| v == 3.0);
     assert_eq!(gw.metric("gateway_connections_accepted_total"), 3.0);
     for c in &mut clients {
-        send_json(c, &json!({"type": "crawl", "id": "m", "url": "https://example.com/", "depth": 1}));
+        send_json(
+            c,
+            &json!({"type": "crawl", "id": "m", "url": "https://example.com/", "depth": 1}),
+        );
         recv_json(c);
         recv_json(c);
     }
     assert_eq!(gw.metric("gateway_messages_received_total"), 3.0);
     assert_eq!(gw.metric("gateway_messages_sent_total"), 6.0);
     assert_eq!(gw.metric("gateway_jobs_submitted_total"), 3.0);
-    assert_eq!(gw.metric("gateway_jobs_answered_total{outcome=\"result\""), 3.0);
+    assert_eq!(
+        gw.metric("gateway_jobs_answered_total{outcome=\"result\""),
+        3.0
+    );
     assert_eq!(gw.metric("gateway_job_duration_seconds_count"), 3.0);
     assert!(gw.metric("process_resident_memory_bytes") > 1_000_000.0);
     drop(clients);

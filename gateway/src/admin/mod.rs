@@ -24,17 +24,23 @@ const THREADS: usize = 2;
 
 /// Binds the admin address and serves it on background threads; returns the
 /// bound address (useful with port 0).
-pub fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Status>) -> std::io::Result<SocketAddr> {
+pub fn spawn(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+) -> std::io::Result<SocketAddr> {
     let server = Server::http(addr).map_err(std::io::Error::other)?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     let server = Arc::new(server);
     for i in 0..THREADS {
         let (server, metrics, status) = (server.clone(), metrics.clone(), status.clone());
-        std::thread::Builder::new().name(format!("admin-{i}")).spawn(move || {
-            for request in server.incoming_requests() {
-                serve(request, &metrics, &status);
-            }
-        })?;
+        std::thread::Builder::new()
+            .name(format!("admin-{i}"))
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    serve(request, &metrics, &status);
+                }
+            })?;
     }
     Ok(bound)
 }
@@ -42,13 +48,19 @@ pub fn spawn(addr: SocketAddr, metrics: Arc<Metrics>, status: Arc<Status>) -> st
 fn serve(request: Request, metrics: &Metrics, status: &Status) {
     let path = request.url().split('?').next().unwrap_or("").to_string();
     let response = match (request.method(), path.as_str()) {
-        (Method::Get, "/metrics") => {
-            text(200, metrics.render(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
-        }
+        (Method::Get, "/metrics") => text(
+            200,
+            metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
         (Method::Get, "/healthz") => text(200, "ok\n".into(), "text/plain"),
-        (Method::Get, "/readyz") if status.is_draining() => text(503, "draining\n".into(), "text/plain"),
+        (Method::Get, "/readyz") if status.is_draining() => {
+            text(503, "draining\n".into(), "text/plain")
+        }
         (Method::Get, "/readyz") => text(200, "ready\n".into(), "text/plain"),
-        (Method::Get, "/status.json") => text(200, status_json(status).to_string(), "application/json"),
+        (Method::Get, "/status.json") => {
+            text(200, status_json(status).to_string(), "application/json")
+        }
         (Method::Get, "/") => text(200, STATUS_PAGE.into(), "text/html; charset=utf-8"),
         _ => text(404, "not found\n".into(), "text/plain"),
     };

@@ -27,32 +27,43 @@ impl EchoBackend {
         } else {
             let (tx, rx) = crossbeam_channel::unbounded();
             let timer_sink = sink.clone();
-            std::thread::Builder::new().name("echo-timer".into()).spawn(move || {
-                let mut due = BinaryHeap::new();
-                let mut seq = 0u64;
-                loop {
-                    let wait = due
-                        .peek()
-                        .map(|Reverse((at, _, _)): &Reverse<(Instant, u64, _)>| at.saturating_duration_since(Instant::now()))
-                        .unwrap_or(Duration::from_secs(3600));
-                    match rx.recv_timeout(wait) {
-                        Ok((at, ticket, spec)) => {
-                            seq += 1;
-                            due.push(Reverse((at, seq, Job(ticket, spec))));
+            std::thread::Builder::new()
+                .name("echo-timer".into())
+                .spawn(move || {
+                    let mut due = BinaryHeap::new();
+                    let mut seq = 0u64;
+                    loop {
+                        let wait = due
+                            .peek()
+                            .map(|Reverse((at, _, _)): &Reverse<(Instant, u64, _)>| {
+                                at.saturating_duration_since(Instant::now())
+                            })
+                            .unwrap_or(Duration::from_secs(3600));
+                        match rx.recv_timeout(wait) {
+                            Ok((at, ticket, spec)) => {
+                                seq += 1;
+                                due.push(Reverse((at, seq, Job(ticket, spec))));
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    }
-                    while due.peek().is_some_and(|Reverse((at, _, _))| *at <= Instant::now()) {
-                        if let Some(Reverse((_, _, Job(ticket, spec)))) = due.pop() {
-                            answer(&timer_sink, &ticket, spec);
+                        while due
+                            .peek()
+                            .is_some_and(|Reverse((at, _, _))| *at <= Instant::now())
+                        {
+                            if let Some(Reverse((_, _, Job(ticket, spec)))) = due.pop() {
+                                answer(&timer_sink, &ticket, spec);
+                            }
                         }
                     }
-                }
-            })?;
+                })?;
             Some(tx)
         };
-        Ok(EchoBackend { sink, delayed, delay })
+        Ok(EchoBackend {
+            sink,
+            delayed,
+            delay,
+        })
     }
 }
 
@@ -93,7 +104,8 @@ impl Backend for EchoBackend {
     }
 
     fn submit(&self, ticket: JobTicket, spec: CrawlSpec) {
-        self.sink.send(&ticket, JobEvent::Accepted { cached: false });
+        self.sink
+            .send(&ticket, JobEvent::Accepted { cached: false });
         match &self.delayed {
             Some(timer) => {
                 let _ = timer.send((Instant::now() + self.delay, ticket, spec));

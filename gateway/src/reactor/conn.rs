@@ -74,11 +74,16 @@ impl Conn {
     }
 
     pub fn has_job(&self, job_id: &str) -> bool {
-        self.jobs.as_ref().is_some_and(|jobs| jobs.iter().any(|j| &*j.job_id == job_id))
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.iter().any(|j| &*j.job_id == job_id))
     }
 
     pub fn add_job(&mut self, job_id: &str) {
-        let entry = InFlight { job_id: job_id.into(), since: Instant::now() };
+        let entry = InFlight {
+            job_id: job_id.into(),
+            since: Instant::now(),
+        };
         self.jobs.get_or_insert_with(Default::default).push(entry);
     }
 
@@ -103,6 +108,10 @@ mod tests {
         // socket, id, phase and flags, three timestamps, two pointers; mio
         // adds a selector id to each socket in debug builds.
         let mio_debug = if cfg!(debug_assertions) { 8 } else { 0 };
-        assert!(std::mem::size_of::<Conn>() <= 48 + mio_debug, "{}", std::mem::size_of::<Conn>());
+        assert!(
+            std::mem::size_of::<Conn>() <= 48 + mio_debug,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
     }
 }

@@ -19,7 +19,13 @@ fn send(shared: &Shared, out: &mut Vec<u8>, message: &str) {
     shared.metrics.messages_sent.inc();
 }
 
-fn send_error(shared: &Shared, conn: &Conn, out: &mut Vec<u8>, id: Option<&str>, failure: &JobFailure) {
+fn send_error(
+    shared: &Shared,
+    conn: &Conn,
+    out: &mut Vec<u8>,
+    id: Option<&str>,
+    failure: &JobFailure,
+) {
     shared.metrics.error(&failure.code);
     warn!(client = conn.id, job = id.unwrap_or(""), code = %failure.code, message = %failure.message, "error sent");
     send(shared, out, &protocol::error(id, failure));
@@ -36,11 +42,24 @@ pub fn on_binary(shared: &Shared, conn: &Conn, out: &mut Vec<u8>, len: usize) {
 pub fn on_text(shared: &Shared, conn: &mut Conn, out: &mut Vec<u8>, text: &str) {
     let request = match protocol::parse(text) {
         Ok(request) => request,
-        Err(rejection) => return send_error(shared, conn, out, rejection.id.as_deref(), &rejection.failure),
+        Err(rejection) => {
+            return send_error(
+                shared,
+                conn,
+                out,
+                rejection.id.as_deref(),
+                &rejection.failure,
+            )
+        }
     };
     match request {
         Request::Ping { id } => send(shared, out, &protocol::pong(&id)),
-        Request::Crawl { id, url, depth, options } => {
+        Request::Crawl {
+            id,
+            url,
+            depth,
+            options,
+        } => {
             if let Err(failure) = admit_job(shared, conn, &id) {
                 return send_error(shared, conn, out, Some(&id), &failure);
             }
@@ -68,10 +87,16 @@ pub fn on_text(shared: &Shared, conn: &mut Conn, out: &mut Vec<u8>, text: &str) 
 /// Whether this connection may start (or resume) one more job.
 fn admit_job(shared: &Shared, conn: &Conn, job_id: &str) -> Result<(), JobFailure> {
     if shared.status.is_draining() {
-        return Err(JobFailure::new(codes::DRAINING, "gateway is shutting down; reconnect and retry"));
+        return Err(JobFailure::new(
+            codes::DRAINING,
+            "gateway is shutting down; reconnect and retry",
+        ));
     }
     if conn.has_job(job_id) {
-        return Err(JobFailure::new(codes::DUPLICATE_JOB, "a job with this id is already running here"));
+        return Err(JobFailure::new(
+            codes::DUPLICATE_JOB,
+            "a job with this id is already running here",
+        ));
     }
     let limit = usize::from(shared.limits.max_jobs_per_connection);
     if conn.jobs_in_flight() >= limit {
@@ -90,9 +115,15 @@ pub fn deliver(shared: &Shared, conn: &mut Conn, out: &mut Vec<u8>, reply: Reply
     match event {
         JobEvent::Accepted { cached } => {
             debug!(client = conn.id, job = id, cached, "job accepted");
-            send(shared, out, &protocol::accepted(id, &ticket.resume_token, cached));
+            send(
+                shared,
+                out,
+                &protocol::accepted(id, &ticket.resume_token, cached),
+            );
         }
-        JobEvent::Progress { level, pages } => send(shared, out, &protocol::progress(id, level, pages)),
+        JobEvent::Progress { level, pages } => {
+            send(shared, out, &protocol::progress(id, level, pages))
+        }
         JobEvent::Done(outcome) => {
             if let Some(took) = conn.finish_job(id) {
                 shared.metrics.job_duration.observe(took.as_secs_f64());
@@ -101,7 +132,13 @@ pub fn deliver(shared: &Shared, conn: &mut Conn, out: &mut Vec<u8>, reply: Reply
                 shared.metrics.cache_hits.inc();
             }
             shared.metrics.answered("result");
-            info!(client = conn.id, job = id, cached = outcome.cached, levels = outcome.levels.len(), "job answered");
+            info!(
+                client = conn.id,
+                job = id,
+                cached = outcome.cached,
+                levels = outcome.levels.len(),
+                "job answered"
+            );
             send(shared, out, &protocol::result(id, &outcome));
         }
         JobEvent::Failed(failure) => {

@@ -79,7 +79,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn validate(&self, url: &str, depth: i64, options: &JobOptions) -> Result<CrawlSpec, JobFailure> {
+    fn validate(
+        &self,
+        url: &str,
+        depth: i64,
+        options: &JobOptions,
+    ) -> Result<CrawlSpec, JobFailure> {
         backend::engine::validate_with(url, depth, options, &self.limits.crawl)
     }
 }
@@ -179,7 +184,8 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut listener = TcpListener::bind(config.listen)?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
 
         let (reply_tx, replies) = crossbeam_channel::unbounded();
@@ -202,7 +208,13 @@ impl Reactor {
         });
         let (work, work_rx) = crossbeam_channel::unbounded();
         let (finished_tx, finished) = crossbeam_channel::unbounded();
-        readers::spawn(config.readers(), shared.clone(), work_rx, finished_tx, waker.clone())?;
+        readers::spawn(
+            config.readers(),
+            shared.clone(),
+            work_rx,
+            finished_tx,
+            waker.clone(),
+        )?;
 
         let handshake_slack = (config.max_connections / 32).max(64);
         Ok(Reactor {
@@ -210,12 +222,18 @@ impl Reactor {
             listener: Some(listener),
             // Untouched capacity costs address space, not resident memory.
             slots: Slab::with_capacity(config.max_connections + handshake_slack),
-            clients: RwLock::new(HashMap::with_capacity(config.max_connections + handshake_slack)),
+            clients: RwLock::new(HashMap::with_capacity(
+                config.max_connections + handshake_slack,
+            )),
             shared,
             work,
             finished,
             replies,
-            handle: Handle { local_addr, shutdown: Arc::new(AtomicBool::new(false)), waker },
+            handle: Handle {
+                local_addr,
+                shutdown: Arc::new(AtomicBool::new(false)),
+                waker,
+            },
             next_client: 1,
             max_sockets: config.max_connections + handshake_slack,
             accept_paused: false,
@@ -277,12 +295,17 @@ impl Reactor {
         if self.accept_paused {
             return;
         }
-        let Some(listener) = &self.listener else { return };
+        let Some(listener) = &self.listener else {
+            return;
+        };
         loop {
             let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted || e.kind() == ErrorKind::ConnectionAborted => {
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted
+                        || e.kind() == ErrorKind::ConnectionAborted =>
+                {
                     continue
                 }
                 Err(e) => {
@@ -318,7 +341,9 @@ impl Reactor {
     /// Records what happened to a connection and hands it to a reader if
     /// the reactor holds it.
     fn dispatch(&mut self, token: Token, note: impl FnOnce(&mut Pending)) {
-        let Some(slot) = self.slots.get_mut(token.0) else { return };
+        let Some(slot) = self.slots.get_mut(token.0) else {
+            return;
+        };
         match slot {
             Slot::Busy(pending) => note(pending),
             Slot::Idle(_) => {
@@ -344,11 +369,18 @@ impl Reactor {
     }
 
     fn take_back_finished(&mut self) {
-        while let Ok(Finished { token, conn, verdict }) = self.finished.try_recv() {
+        while let Ok(Finished {
+            token,
+            conn,
+            verdict,
+        }) = self.finished.try_recv()
+        {
             match verdict {
                 Verdict::Drop(reason) => self.close(token, conn, reason),
                 Verdict::Keep { more } => {
-                    let Some(slot) = self.slots.get_mut(token.0) else { continue };
+                    let Some(slot) = self.slots.get_mut(token.0) else {
+                        continue;
+                    };
                     let Slot::Busy(pending) = slot else { continue };
                     pending.readable |= more;
                     if pending.is_empty() {
@@ -367,7 +399,9 @@ impl Reactor {
             let token = self.clients.read().get(&reply.ticket.client).copied();
             match token {
                 Some(token) => self.dispatch(token, |pending| pending.replies.push(reply)),
-                None => debug!(client = reply.ticket.client, job = %reply.ticket.job_id, "reply for a gone client dropped"),
+                None => {
+                    debug!(client = reply.ticket.client, job = %reply.ticket.job_id, "reply for a gone client dropped")
+                }
             }
         }
     }
@@ -401,7 +435,9 @@ impl Reactor {
                     Some(Due::Drop("handshake_timeout"))
                 }
                 Phase::Closing if now - conn.ping_sent >= CLOSE_GRACE => Some(Due::Drop("closed")),
-                Phase::Open if conn.ping_outstanding && now - conn.ping_sent >= self.ping_interval => {
+                Phase::Open
+                    if conn.ping_outstanding && now - conn.ping_sent >= self.ping_interval =>
+                {
                     Some(Due::Drop("ping_timeout"))
                 }
                 Phase::Open
@@ -411,7 +447,9 @@ impl Reactor {
                 {
                     Some(Due::Send(Command::Close(CloseKind::IdleTimeout)))
                 }
-                Phase::Open if !conn.ping_outstanding && now - conn.last_seen >= self.ping_interval => {
+                Phase::Open
+                    if !conn.ping_outstanding && now - conn.last_seen >= self.ping_interval =>
+                {
                     Some(Due::Send(Command::Ping))
                 }
                 _ => None,
@@ -453,7 +491,12 @@ impl Reactor {
     /// fleet of clients does not reconnect elsewhere in the same instant.
     fn drain_step(&mut self) {
         let Some(drain) = &self.drain else { return };
-        let steps_left = (drain.window_end.saturating_duration_since(Instant::now()).as_millis() / 100).max(1);
+        let steps_left = (drain
+            .window_end
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            / 100)
+            .max(1);
         let open: Vec<Token> = self
             .slots
             .iter()

@@ -98,28 +98,51 @@ pub fn spawn(
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..count)
         .map(|i| {
-            let (shared, work, finished, waker) =
-                (shared.clone(), work.clone(), finished.clone(), waker.clone());
-            std::thread::Builder::new().name(format!("reader-{i}")).spawn(move || {
-                for job in work.iter() {
-                    let done = process(&shared, job);
-                    if finished.send(done).is_err() {
-                        return;
+            let (shared, work, finished, waker) = (
+                shared.clone(),
+                work.clone(),
+                finished.clone(),
+                waker.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("reader-{i}"))
+                .spawn(move || {
+                    for job in work.iter() {
+                        let done = process(&shared, job);
+                        if finished.send(done).is_err() {
+                            return;
+                        }
+                        let _ = waker.wake();
                     }
-                    let _ = waker.wake();
-                }
-            })
+                })
         })
         .collect()
 }
 
 /// Drives one connection as far as it can go without blocking.
 pub fn process(shared: &Shared, work: Work) -> Finished {
-    let Work { token, mut conn, readable, replies, command } = work;
-    let mut session = conn.session.take().unwrap_or_else(|| shared.sessions.checkout());
+    let Work {
+        token,
+        mut conn,
+        readable,
+        replies,
+        command,
+    } = work;
+    let mut session = conn
+        .session
+        .take()
+        .unwrap_or_else(|| shared.sessions.checkout());
     let now = shared.clock.now();
 
-    let mut verdict = drive(shared, &mut conn, &mut session, readable, replies, command, now);
+    let mut verdict = drive(
+        shared,
+        &mut conn,
+        &mut session,
+        readable,
+        replies,
+        command,
+        now,
+    );
     if let Err(reason) = flush(&conn, &mut session) {
         verdict = Verdict::Drop(reason);
     }
@@ -134,7 +157,11 @@ pub fn process(shared: &Shared, work: Work) -> Finished {
     } else {
         conn.session = Some(session);
     }
-    Finished { token, conn, verdict }
+    Finished {
+        token,
+        conn,
+        verdict,
+    }
 }
 
 fn drive(
@@ -172,7 +199,11 @@ fn drive(
         }
     }
     if session.pending_output() > shared.limits.max_outbound_bytes {
-        warn!(client = conn.id, queued = session.pending_output(), "client too slow, closing");
+        warn!(
+            client = conn.id,
+            queued = session.pending_output(),
+            "client too slow, closing"
+        );
         session.outbound.truncate(session.written);
         codec::close(&mut session.outbound, 1008, "too slow to read results");
         return Verdict::Drop("slow_consumer");
@@ -182,12 +213,19 @@ fn drive(
 
 /// Reads until the socket would block (Ok(false)) or the turn is used up
 /// (Ok(true)), handling every complete message on the way.
-fn read(shared: &Shared, conn: &mut Conn, session: &mut Session, now: u32) -> Result<bool, &'static str> {
+fn read(
+    shared: &Shared,
+    conn: &mut Conn,
+    session: &mut Session,
+    now: u32,
+) -> Result<bool, &'static str> {
     for _ in 0..READS_PER_TURN {
         let start = session.inbound.len();
         session.inbound.resize(start + READ_CHUNK, 0);
         let result = (&conn.stream).read(&mut session.inbound[start..]);
-        session.inbound.truncate(start + *result.as_ref().unwrap_or(&0));
+        session
+            .inbound
+            .truncate(start + *result.as_ref().unwrap_or(&0));
         match result {
             Ok(0) => {
                 return Err(match conn.phase {
@@ -210,7 +248,12 @@ fn read(shared: &Shared, conn: &mut Conn, session: &mut Session, now: u32) -> Re
 }
 
 /// Handles everything complete in the inbound buffer.
-fn consume(shared: &Shared, conn: &mut Conn, session: &mut Session, now: u32) -> Result<(), &'static str> {
+fn consume(
+    shared: &Shared,
+    conn: &mut Conn,
+    session: &mut Session,
+    now: u32,
+) -> Result<(), &'static str> {
     if conn.phase == Phase::Handshaking {
         upgrade(shared, conn, session)?;
         if conn.phase == Phase::Handshaking {
@@ -219,13 +262,26 @@ fn consume(shared: &Shared, conn: &mut Conn, session: &mut Session, now: u32) ->
     }
     let max = shared.limits.max_message_bytes;
     loop {
-        let decoded = codec::decode(&mut session.inbound, &mut session.consumed, &mut session.fragments, max);
+        let decoded = codec::decode(
+            &mut session.inbound,
+            &mut session.consumed,
+            &mut session.fragments,
+            max,
+        );
         let message = match decoded {
             Ok(Some(message)) => message,
             Ok(None) => break,
             Err(violation) => {
-                warn!(client = conn.id, reason = violation.reason(), "protocol violation, closing");
-                codec::close(&mut session.outbound, violation.close_code(), violation.reason());
+                warn!(
+                    client = conn.id,
+                    reason = violation.reason(),
+                    "protocol violation, closing"
+                );
+                codec::close(
+                    &mut session.outbound,
+                    violation.close_code(),
+                    violation.reason(),
+                );
                 return Err(match violation.close_code() {
                     1009 => "message_too_big",
                     1007 => "invalid_utf8",
@@ -289,7 +345,11 @@ fn upgrade(shared: &Shared, conn: &mut Conn, session: &mut Session) -> Result<()
             debug!(client = conn.id, "websocket open");
             Ok(())
         }
-        Outcome::Refuse { response, status, reason } => {
+        Outcome::Refuse {
+            response,
+            status,
+            reason,
+        } => {
             session.outbound.extend_from_slice(&response);
             session.consumed = session.inbound.len();
             let label = match status.as_u16() {
@@ -300,7 +360,12 @@ fn upgrade(shared: &Shared, conn: &mut Conn, session: &mut Session) -> Result<()
                 _ => "bad_handshake",
             };
             shared.metrics.refused(label);
-            warn!(client = conn.id, status = status.as_u16(), reason, "handshake refused");
+            warn!(
+                client = conn.id,
+                status = status.as_u16(),
+                reason,
+                "handshake refused"
+            );
             Err("handshake_refused")
         }
     }

@@ -74,7 +74,10 @@ pub struct SessionPool {
 impl SessionPool {
     /// A pool that keeps at most `keep` idle sessions.
     pub fn new(keep: usize) -> SessionPool {
-        SessionPool { free: Mutex::new(Vec::with_capacity(keep)), keep }
+        SessionPool {
+            free: Mutex::new(Vec::with_capacity(keep)),
+            keep,
+        }
     }
 
     pub fn checkout(&self) -> Box<Session> {

@@ -106,7 +106,9 @@ pub fn decode(
             OpCode::Control(Control::Reserved(_)) => {
                 return Err(Violation::Protocol("reserved control opcode"))
             }
-            OpCode::Data(Data::Reserved(_)) => return Err(Violation::Protocol("reserved data opcode")),
+            OpCode::Data(Data::Reserved(_)) => {
+                return Err(Violation::Protocol("reserved data opcode"))
+            }
             OpCode::Data(Data::Continue) => {
                 let Some(partial) = fragments.as_mut() else {
                     return Err(Violation::Protocol("continuation without a message"));
@@ -125,7 +127,10 @@ pub fn decode(
                 if header.is_final {
                     return message(text, payload.to_vec()).map(Some);
                 }
-                *fragments = Some(Fragments { text, data: payload.to_vec() });
+                *fragments = Some(Fragments {
+                    text,
+                    data: payload.to_vec(),
+                });
             }
         }
     }
@@ -135,7 +140,9 @@ fn message(text: bool, data: Vec<u8>) -> Result<Incoming, Violation> {
     if !text {
         return Ok(Incoming::Binary(data.len()));
     }
-    String::from_utf8(data).map(Incoming::Text).map_err(|_| Violation::InvalidUtf8)
+    String::from_utf8(data)
+        .map(Incoming::Text)
+        .map_err(|_| Violation::InvalidUtf8)
 }
 
 fn close_frame(payload: &[u8]) -> Result<Incoming, Violation> {
@@ -160,7 +167,10 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 }
 
 fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    let header = FrameHeader { opcode, ..FrameHeader::default() };
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
@@ -262,12 +272,36 @@ mod tests {
     fn violations_map_to_close_codes() {
         let unmasked = vec![0x81, 0x01, b'a'];
         assert_eq!(decode_all(unmasked).unwrap_err().close_code(), 1002);
-        assert_eq!(decode_all(frame(true, 1, &[0xff, 0xfe])).unwrap_err().close_code(), 1007);
-        assert_eq!(decode_all(frame(true, 1, &[b'a'; 1001])).unwrap_err().close_code(), 1009);
-        assert_eq!(decode_all(frame(true, 0, b"x")).unwrap_err().close_code(), 1002);
-        assert_eq!(decode_all(frame(false, 9, b"")).unwrap_err().close_code(), 1002);
-        assert_eq!(decode_all(frame(true, 3, b"")).unwrap_err().close_code(), 1002);
-        assert_eq!(decode_all(frame(true, 8, &[0x03, 0xed])).unwrap_err().close_code(), 1002);
+        assert_eq!(
+            decode_all(frame(true, 1, &[0xff, 0xfe]))
+                .unwrap_err()
+                .close_code(),
+            1007
+        );
+        assert_eq!(
+            decode_all(frame(true, 1, &[b'a'; 1001]))
+                .unwrap_err()
+                .close_code(),
+            1009
+        );
+        assert_eq!(
+            decode_all(frame(true, 0, b"x")).unwrap_err().close_code(),
+            1002
+        );
+        assert_eq!(
+            decode_all(frame(false, 9, b"")).unwrap_err().close_code(),
+            1002
+        );
+        assert_eq!(
+            decode_all(frame(true, 3, b"")).unwrap_err().close_code(),
+            1002
+        );
+        assert_eq!(
+            decode_all(frame(true, 8, &[0x03, 0xed]))
+                .unwrap_err()
+                .close_code(),
+            1002
+        );
         let mut two_starts = frame(false, 1, b"a");
         two_starts.extend(frame(true, 1, b"b"));
         assert_eq!(decode_all(two_starts).unwrap_err().close_code(), 1002);
@@ -278,7 +312,10 @@ mod tests {
 
     #[test]
     fn binary_is_reported_by_size() {
-        assert_eq!(decode_all(frame(true, 2, &[0, 1, 2])).unwrap(), vec![Incoming::Binary(3)]);
+        assert_eq!(
+            decode_all(frame(true, 2, &[0, 1, 2])).unwrap(),
+            vec![Incoming::Binary(3)]
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ pub enum Outcome {
     /// bytes and anything after them is already frame data.
     Upgrade { response: Vec<u8>, consumed: usize },
     /// Write `response` and close.
-    Refuse { response: Vec<u8>, status: StatusCode, reason: &'static str },
+    Refuse {
+        response: Vec<u8>,
+        status: StatusCode,
+        reason: &'static str,
+    },
 }
 
 /// Why the gateway would not take a new websocket right now.
@@ -40,7 +44,10 @@ pub fn respond(buf: &[u8], admission: Admission) -> Outcome {
     let (consumed, request) = match Request::try_parse(buf) {
         Ok(Some(parsed)) => parsed,
         Ok(None) if buf.len() >= MAX_REQUEST_HEAD => {
-            return refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
+            return refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            )
         }
         Ok(None) => return Outcome::Incomplete,
         Err(_) => return refuse(StatusCode::BAD_REQUEST, "malformed HTTP request"),
@@ -59,9 +66,15 @@ pub fn respond(buf: &[u8], admission: Admission) -> Outcome {
     }
     let mut bytes = Vec::with_capacity(160);
     if write_response(&mut bytes, &response).is_err() {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "could not build the response");
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not build the response",
+        );
     }
-    Outcome::Upgrade { response: bytes, consumed }
+    Outcome::Upgrade {
+        response: bytes,
+        consumed,
+    }
 }
 
 /// A complete HTTP response with a JSON error body, then the connection closes.
@@ -78,14 +91,19 @@ fn refuse(status: StatusCode, reason: &'static str) -> Outcome {
     }
     head.push_str("\r\n");
     head.push_str(&body);
-    Outcome::Refuse { response: head.into_bytes(), status, reason }
+    Outcome::Refuse {
+        response: head.into_bytes(),
+        status,
+        reason,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    const UPGRADE: &str =
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
     #[test]
@@ -105,7 +123,10 @@ mod tests {
 
     #[test]
     fn waits_for_the_whole_head() {
-        assert_eq!(respond(&UPGRADE.as_bytes()[..30], Admission::Open), Outcome::Incomplete);
+        assert_eq!(
+            respond(&UPGRADE.as_bytes()[..30], Admission::Open),
+            Outcome::Incomplete
+        );
     }
 
     fn status(bytes: &[u8], admission: Admission) -> u16 {
@@ -119,8 +140,14 @@ mod tests {
     fn refusals() {
         assert_eq!(status(UPGRADE.as_bytes(), Admission::Full), 503);
         assert_eq!(status(UPGRADE.as_bytes(), Admission::Draining), 503);
-        assert_eq!(status(UPGRADE.replace("/ws", "/nope").as_bytes(), Admission::Open), 404);
-        assert_eq!(status(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", Admission::Open), 400);
+        assert_eq!(
+            status(UPGRADE.replace("/ws", "/nope").as_bytes(), Admission::Open),
+            404
+        );
+        assert_eq!(
+            status(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", Admission::Open),
+            400
+        );
         assert_eq!(status(b"\x16\x03\x01garbage\r\n\r\n", Admission::Open), 400);
         assert_eq!(status(&vec![b'a'; MAX_REQUEST_HEAD], Admission::Open), 431);
     }

@@ -25,25 +25,45 @@ impl Gateway {
     /// Starts the gateway on free ports with extra flags; the echo backend
     /// unless the flags name another.
     pub fn start(args: &[&str]) -> Gateway {
-        let backend: &[&str] = if args.contains(&"--backend") { &[] } else { &["--backend", "echo"] };
+        let backend: &[&str] = if args.contains(&"--backend") {
+            &[]
+        } else {
+            &["--backend", "echo"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--readers", "2"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--readers",
+                "2",
+            ])
             .args(backend)
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("gateway binary starts");
         let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout).read_line(&mut line).expect("gateway prints its addresses");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("gateway prints its addresses");
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|f| f.strip_prefix(name))
                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
                 .to_string()
         };
-        Gateway { ws: field("ws="), admin: field("admin="), child }
+        Gateway {
+            ws: field("ws="),
+            admin: field("admin="),
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -80,7 +100,10 @@ impl Gateway {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args(["-s", signal, &self.pid().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -135,7 +158,9 @@ pub fn recv_json(client: &mut Client) -> Value {
 pub fn recv_close(client: &mut Client) -> (u16, String) {
     loop {
         match client.read() {
-            Ok(Message::Close(Some(frame))) => return (frame.code.into(), frame.reason.to_string()),
+            Ok(Message::Close(Some(frame))) => {
+                return (frame.code.into(), frame.reason.to_string())
+            }
             Ok(Message::Close(None)) => return (1005, String::new()),
             Ok(_) => continue,
             Err(e) => panic!("connection ended without a close frame: {e}"),
@@ -146,6 +171,8 @@ pub fn recv_close(client: &mut Client) -> (u16, String) {
 /// Sets a read timeout so a missing answer fails the test instead of hanging.
 pub fn with_timeout(client: &mut Client, secs: u64) {
     if let MaybeTlsStream::Plain(stream) = client.get_mut() {
-        stream.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(secs)))
+            .unwrap();
     }
 }
