@@ -423,3 +423,19 @@ fn masked_text(text: &str) -> Vec<u8> {
     frame.format(&mut out).unwrap();
     out
 }
+
+#[test]
+fn a_handshake_that_never_completes_is_dropped() {
+    let gw = Gateway::start(&["--handshake-timeout", "1"]);
+    let addr = gw.ws.trim_start_matches("ws://").trim_end_matches("/ws");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no response to half a request");
+    gw.wait_metric(
+        "gateway_connections_closed_total{reason=\"handshake_timeout\"",
+        |v| v == 1.0,
+    );
+}
