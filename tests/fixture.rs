@@ -103,8 +103,11 @@ impl FixtureSite {
     }
 
     pub fn start_with(options: FixtureOptions) -> FixtureSite {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fixture site");
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("binding the fixture site");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("fixture address");
         let base = format!("http://{addr}");
         let mut pages = hand_made(&base);
@@ -126,7 +129,13 @@ impl FixtureSite {
             // Dropping the runtime here cancels open connections and
             // pending slow answers.
         });
-        FixtureSite { addr, base, state, stop, thread: Some(thread) }
+        FixtureSite {
+            addr,
+            base,
+            state,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -236,8 +245,14 @@ fn out_links(pages: &HashMap<String, Page>, path: &str, robots: bool, hops: usiz
     }
 }
 
-async fn accept_loop(listener: std::net::TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
-    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -248,7 +263,8 @@ async fn accept_loop(listener: std::net::TcpListener, state: Arc<State>, mut sto
         };
         let (state, stopped) = (state.clone(), stopped.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(state.clone(), stopped.clone(), request));
+            let service =
+                service_fn(move |request| respond(state.clone(), stopped.clone(), request));
             // A client that went away is not the fixture's problem.
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -262,7 +278,11 @@ async fn respond(
     mut stopped: watch::Receiver<bool>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
     let page = state.pages.read().unwrap().get(&path).cloned();
     let html = "text/html; charset=utf-8";
@@ -276,17 +296,28 @@ async fn respond(
             }
             (200, html, None, body)
         }
-        Some(Page::Redirect { status, location, .. }) => (status, "text/plain", Some(location), "moved".into()),
+        Some(Page::Redirect {
+            status, location, ..
+        }) => (status, "text/plain", Some(location), "moved".into()),
         Some(Page::Text { content_type, body }) => (200, content_type, None, body),
         Some(Page::Status { status, body }) => (status, html, None, body),
-        None => (404, html, None, r#"<a href="/never-from-404.html">x</a>"#.to_string()),
+        None => (
+            404,
+            html,
+            None,
+            r#"<a href="/never-from-404.html">x</a>"#.to_string(),
+        ),
     };
-    let mut response = Response::builder().status(status).header("Content-Type", content_type);
+    let mut response = Response::builder()
+        .status(status)
+        .header("Content-Type", content_type);
     if let Some(location) = location {
         response = response.header("Location", location);
     }
     let body = Full::new(Bytes::from(body));
-    Ok(response.body(body).unwrap_or_else(|_| Response::new(Full::new(Bytes::from("bad fixture header")))))
+    Ok(response
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from("bad fixture header")))))
 }
 
 fn html(links: &[&str]) -> String {

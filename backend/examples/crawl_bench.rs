@@ -32,10 +32,19 @@ fn main() {
             ..Default::default()
         })),
     };
-    let seed = external.unwrap_or_else(|| site.as_ref().map(|s| s.url("/g/0.html")).unwrap_or_default());
+    let seed = external.unwrap_or_else(|| {
+        site.as_ref()
+            .map(|s| s.url("/g/0.html"))
+            .unwrap_or_default()
+    });
 
     let config = EngineConfig {
-        limits: Limits { max_depth: 5, max_pages: 100_000, allow_private: true, allow_addrs: vec![] },
+        limits: Limits {
+            max_depth: 5,
+            max_pages: 100_000,
+            allow_private: true,
+            allow_addrs: vec![],
+        },
         workers,
         job_window: workers * 2,
         job_timeout: Duration::from_secs(600),
@@ -65,12 +74,20 @@ fn main() {
         );
     }
     rates.sort_by(f64::total_cmp);
-    println!("median {:.0} pages/s; peak RSS {} (this process)", rates[rates.len() / 2], peak_rss());
+    println!(
+        "median {:.0} pages/s; peak RSS {} (this process)",
+        rates[rates.len() / 2],
+        peak_rss()
+    );
 }
 
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l[6..].trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }

@@ -42,11 +42,23 @@ fn crawl(c: &mut Client, id: &str, request: Value) -> Answer {
     send_json(c, &msg);
     let accepted = recv_json(c);
     if accepted["type"] == "error" {
-        return Answer { last: accepted.clone(), accepted, progress: Vec::new() };
+        return Answer {
+            last: accepted.clone(),
+            accepted,
+            progress: Vec::new(),
+        };
     }
-    assert_eq!((accepted["type"].as_str(), accepted["id"].as_str()), (Some("accepted"), Some(id)), "{accepted}");
+    assert_eq!(
+        (accepted["type"].as_str(), accepted["id"].as_str()),
+        (Some("accepted"), Some(id)),
+        "{accepted}"
+    );
     let (progress, last) = until_result(c, id);
-    Answer { accepted, progress, last }
+    Answer {
+        accepted,
+        progress,
+        last,
+    }
 }
 
 /// Reads progress messages up to the result (or error) for `id`.
@@ -56,7 +68,9 @@ fn until_result(c: &mut Client, id: &str) -> (Vec<(u64, u64)>, Value) {
         let m = recv_json(c);
         assert_eq!(m["id"], id, "{m}");
         match m["type"].as_str() {
-            Some("progress") => progress.push((m["level"].as_u64().unwrap(), m["pages"].as_u64().unwrap())),
+            Some("progress") => {
+                progress.push((m["level"].as_u64().unwrap(), m["pages"].as_u64().unwrap()))
+            }
             Some("result") | Some("error") => return (progress, m),
             _ => panic!("unexpected {m}"),
         }
@@ -68,7 +82,13 @@ fn levels(result: &Value) -> Vec<BTreeSet<String>> {
         .as_array()
         .expect("levels")
         .iter()
-        .map(|l| l.as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect())
+        .map(|l| {
+            l.as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u.as_str().unwrap().to_string())
+                .collect()
+        })
         .collect()
 }
 
@@ -87,7 +107,11 @@ fn crawls_are_exact_cached_and_extended() {
 
     // Depth 1, 2, 3 in turn: each deeper one extends the one before.
     for depth in 1..=3usize {
-        let a = crawl(&mut c, &format!("D{depth}"), json!({"url": seed, "depth": depth}));
+        let a = crawl(
+            &mut c,
+            &format!("D{depth}"),
+            json!({"url": seed, "depth": depth}),
+        );
         assert_eq!(a.accepted["cached"], false, "depth {depth}");
         assert_eq!(a.last["type"], "result", "{}", a.last);
         assert_eq!(a.last["cached"], false);
@@ -107,7 +131,11 @@ fn crawls_are_exact_cached_and_extended() {
 
     // Asked again, at the same or a smaller depth: from the cache.
     for depth in [3usize, 2] {
-        let a = crawl(&mut c, &format!("C{depth}"), json!({"url": seed, "depth": depth}));
+        let a = crawl(
+            &mut c,
+            &format!("C{depth}"),
+            json!({"url": seed, "depth": depth}),
+        );
         assert_eq!(a.accepted["cached"], true);
         assert_eq!(a.last["cached"], true);
         assert_eq!(levels(&a.last), site.expected_levels("/", depth, true));
@@ -122,7 +150,10 @@ fn crawls_are_exact_cached_and_extended() {
     let a = crawl(&mut c2, "F3", json!({"url": seed, "depth": 3}));
     let expected = site.expected_levels("/", 3, true);
     assert_eq!(levels(&a.last), expected);
-    assert_eq!(a.progress, vec![(1, expected[1].len() as u64), (2, expected[2].len() as u64)]);
+    assert_eq!(
+        a.progress,
+        vec![(1, expected[1].len() as u64), (2, expected[2].len() as u64)]
+    );
 }
 
 #[test]
@@ -130,22 +161,39 @@ fn seed_form_and_options_work() {
     let site = FixtureSite::start();
     let gw = gateway(&[]);
     let mut c = connect(&gw);
-    send_json(&mut c, &json!({"jobId": "S1", "urlToCrawl": site.url("/b.html"), "depthToCrawl": 2}));
+    send_json(
+        &mut c,
+        &json!({"jobId": "S1", "urlToCrawl": site.url("/b.html"), "depthToCrawl": 2}),
+    );
     assert_eq!(recv_json(&mut c)["type"], "accepted");
     let (_, result) = until_result(&mut c, "S1");
     assert_eq!(levels(&result), site.expected_levels("/b.html", 2, true));
 
-    let a = crawl(&mut c, "H", json!({"url": site.url("/other-host.html"), "depth": 2, "same_host": true}));
-    assert_eq!(levels(&a.last), site.expected_levels("/other-host.html", 2, true));
+    let a = crawl(
+        &mut c,
+        "H",
+        json!({"url": site.url("/other-host.html"), "depth": 2, "same_host": true}),
+    );
+    assert_eq!(
+        levels(&a.last),
+        site.expected_levels("/other-host.html", 2, true)
+    );
 }
 
 #[test]
 fn budget_and_deadline_give_partial_results() {
-    let site = FixtureSite::start_with(FixtureOptions { slow: Duration::from_secs(30), ..Default::default() });
+    let site = FixtureSite::start_with(FixtureOptions {
+        slow: Duration::from_secs(30),
+        ..Default::default()
+    });
     let gw = gateway(&["--job-timeout", "1"]);
     let mut c = connect(&gw);
 
-    let a = crawl(&mut c, "B", json!({"url": site.url("/"), "depth": 3, "max_pages": 2}));
+    let a = crawl(
+        &mut c,
+        "B",
+        json!({"url": site.url("/"), "depth": 3, "max_pages": 2}),
+    );
     assert_eq!(a.last["type"], "result", "{}", a.last);
     assert_eq!(a.last["partial"], "page_budget");
     let expected = site.expected_levels("/", 3, true);
@@ -154,13 +202,24 @@ fn budget_and_deadline_give_partial_results() {
     assert!(got[2].is_subset(&expected[2]));
 
     let started = Instant::now();
-    let a = crawl(&mut c, "T", json!({"url": site.url("/slow.html"), "depth": 2}));
+    let a = crawl(
+        &mut c,
+        "T",
+        json!({"url": site.url("/slow.html"), "depth": 2}),
+    );
     assert_eq!(a.last["partial"], "deadline", "{}", a.last);
-    assert_eq!(levels(&a.last), vec![BTreeSet::from([site.url("/slow.html")])]);
+    assert_eq!(
+        levels(&a.last),
+        vec![BTreeSet::from([site.url("/slow.html")])]
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // Partial answers are not cached.
-    let a = crawl(&mut c, "B2", json!({"url": site.url("/"), "depth": 3, "max_pages": 2}));
+    let a = crawl(
+        &mut c,
+        "B2",
+        json!({"url": site.url("/"), "depth": 3, "max_pages": 2}),
+    );
     assert_eq!(a.accepted["cached"], false);
 }
 
@@ -171,12 +230,24 @@ fn bad_requests_get_their_codes() {
     let gw = Gateway::start(&["--backend", "embedded"]);
     let mut c = connect(&gw);
     assert_eq!(error_code(&mut c, "not a url", 2), "invalid_url");
-    assert_eq!(error_code(&mut c, "ftp://example.com/", 2), "unsupported_scheme");
+    assert_eq!(
+        error_code(&mut c, "ftp://example.com/", 2),
+        "unsupported_scheme"
+    );
     assert_eq!(error_code(&mut c, "https://example.com/", 6), "too_deep");
-    assert_eq!(error_code(&mut c, "https://example.com/", 0), "invalid_depth");
+    assert_eq!(
+        error_code(&mut c, "https://example.com/", 0),
+        "invalid_depth"
+    );
     assert_eq!(error_code(&mut c, &site.url("/"), 2), "private_address");
-    assert_eq!(error_code(&mut c, &site.url("/").replace("127.0.0.1", "localhost"), 2), "private_address");
-    assert_eq!(error_code(&mut c, "http://[::ffff:10.0.0.1]/", 2), "private_address");
+    assert_eq!(
+        error_code(&mut c, &site.url("/").replace("127.0.0.1", "localhost"), 2),
+        "private_address"
+    );
+    assert_eq!(
+        error_code(&mut c, "http://[::ffff:10.0.0.1]/", 2),
+        "private_address"
+    );
     assert_eq!(site.total_hits(), 0, "nothing was fetched");
     // The connection is still good.
     send_json(&mut c, &json!({"type": "ping", "id": "p"}));
@@ -185,27 +256,46 @@ fn bad_requests_get_their_codes() {
 
 #[test]
 fn resume_from_another_connection() {
-    let site = FixtureSite::start_with(FixtureOptions { slow: Duration::from_millis(1500), ..Default::default() });
+    let site = FixtureSite::start_with(FixtureOptions {
+        slow: Duration::from_millis(1500),
+        ..Default::default()
+    });
     let gw = gateway(&[]);
     let mut a = connect(&gw);
-    send_json(&mut a, &json!({"type": "crawl", "id": "R", "url": site.url("/slow.html"), "depth": 2}));
+    send_json(
+        &mut a,
+        &json!({"type": "crawl", "id": "R", "url": site.url("/slow.html"), "depth": 2}),
+    );
     let accepted = recv_json(&mut a);
     assert_eq!(accepted["type"], "accepted");
     let token = accepted["token"].as_str().unwrap().to_string();
     drop(a);
 
     let mut b = connect(&gw);
-    send_json(&mut b, &json!({"type": "resume", "id": "R", "token": token}));
+    send_json(
+        &mut b,
+        &json!({"type": "resume", "id": "R", "token": token}),
+    );
     let first = recv_json(&mut b);
     // Still running: accepted, then the result; already done: the result.
-    let result = if first["type"] == "accepted" { until_result(&mut b, "R").1 } else { first };
+    let result = if first["type"] == "accepted" {
+        until_result(&mut b, "R").1
+    } else {
+        first
+    };
     assert_eq!(result["type"], "result", "{result}");
     assert_eq!(levels(&result), site.expected_levels("/slow.html", 2, true));
 
     // Once finished, a resume answers at once; a wrong token gets nothing.
-    send_json(&mut b, &json!({"type": "resume", "id": "R", "token": token}));
+    send_json(
+        &mut b,
+        &json!({"type": "resume", "id": "R", "token": token}),
+    );
     assert_eq!(recv_json(&mut b)["type"], "result");
-    send_json(&mut b, &json!({"type": "resume", "id": "R", "token": "0".repeat(32)}));
+    send_json(
+        &mut b,
+        &json!({"type": "resume", "id": "R", "token": "0".repeat(32)}),
+    );
     assert_eq!(recv_json(&mut b)["code"], "unknown_job");
 }
 
@@ -215,18 +305,30 @@ fn resume_from_another_connection() {
 #[test]
 #[ignore]
 fn bench_5000_pages() {
-    let site = FixtureSite::start_with(FixtureOptions { generated: 5000, fanout: 20, ..Default::default() });
+    let site = FixtureSite::start_with(FixtureOptions {
+        generated: 5000,
+        fanout: 20,
+        ..Default::default()
+    });
     let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "16".into());
     let gw = gateway(&["--crawl-workers", &workers, "--max-pages", "100000"]);
     let mut c = connect(&gw);
     let started = Instant::now();
-    let a = crawl(&mut c, "bench", json!({"url": site.url("/g/0.html"), "depth": 5}));
+    let a = crawl(
+        &mut c,
+        "bench",
+        json!({"url": site.url("/g/0.html"), "depth": 5}),
+    );
     let secs = started.elapsed().as_secs_f64();
     let pages: usize = levels(&a.last).iter().map(BTreeSet::len).sum();
     assert_eq!(pages, 5000, "{}", a.last["partial"]);
     let rss = std::fs::read_to_string(format!("/proc/{}/status", gw.pid()))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l[6..].trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l[6..].trim().to_string())
+        })
         .unwrap_or_default();
     println!(
         "embedded gateway, {workers} workers: {pages} pages in {secs:.2} s = {:.0} pages/s; gateway peak RSS {rss}",
