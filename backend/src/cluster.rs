@@ -304,7 +304,11 @@ impl MasterCtx {
                 attempts - 1
             );
             tracing::error!(job = %job.key, %reason, "dead-lettering a job");
-            self.finish(&d, &job, 0, JobEvent::Failed(JobFailure::new("job_failed", reason.clone())));
+            // The newest epoch: no runner is left to fence against (they
+            // kept dying), and an older epoch's write would be refused.
+            let epoch = self.coord.current_epoch(&job.token).unwrap_or(0);
+            let failure = JobFailure::new("job_failed", reason.clone());
+            self.finish(&d, &job, epoch, JobEvent::Failed(failure));
             return;
         }
         if self.answered_before(&d, &job) {
