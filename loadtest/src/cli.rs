@@ -29,8 +29,11 @@ pub struct Cli {
     /// New connections per second (over all processes).
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
-    /// Most connections in connect/handshake at the same time.
-    #[arg(long, default_value_t = 512)]
+    /// Most connections in connect/handshake at the same time (over all
+    /// processes). Keep it under the server's accept backlog (128 here):
+    /// beyond it the kernel drops SYNs and the 1 s SYN retransmit shows up
+    /// as handshake latency instead of the server's accept speed.
+    #[arg(long, default_value_t = 100)]
     pub max_pending: usize,
     /// How long to hold all connections once they are open (e.g. 30s, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -350,6 +350,13 @@ pub fn run(
             sc.hold_ms as f64 / 1000.0
         );
     }
+    for &pid in &server.pids {
+        if probe::pid_rss(pid).is_none() {
+            return Err(format!(
+                "--server-pid/--compare-pid {pid}: no such process (or /proc unreadable)"
+            ));
+        }
+    }
     let rss_before = server.rss();
     let sock_before = probe::sockstat();
     let specs = sc.split();

@@ -13,6 +13,8 @@ use std::time::Duration;
 struct Server {
     child: Child,
     url: String,
+    /// Admin base URL, when the server has one (the gateway).
+    admin: Option<String>,
 }
 
 impl Drop for Server {
@@ -51,12 +53,12 @@ fn start(bin: &Path, args: &[&str]) -> Server {
 }
 
 /// Run the load tester and return its JSON report.
-fn loadtest(url: &str, pid: u32, extra: &[&str], name: &str) -> Value {
+/// `probe` names the server to measure (`--server-pid P` or `--server-admin URL`).
+fn loadtest(url: &str, probe: &[&str], extra: &[&str], name: &str) -> Value {
     let dir = std::env::temp_dir().join(format!("loadtest-e2e-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("report.json");
     let chart = dir.join("chart.svg");
-    let pid = pid.to_string();
     let mut args = vec![
         "--url",
         url,
@@ -80,6 +82,7 @@ fn loadtest(url: &str, pid: u32, extra: &[&str], name: &str) -> Value {
         "--ramp-timeout",
         "30s",
     ];
+    args.extend_from_slice(probe);
     args.extend_from_slice(extra);
     let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
         .args(&args)
@@ -136,11 +139,12 @@ fn counts_against_tokio_peer() {
         Path::new(env!("CARGO_BIN_EXE_tokio-peer")),
         &["--listen", "127.0.0.1:0"],
     );
-    let v = loadtest(&peer.url, peer.child.id(), &[], "peer-ping");
+    let pid = peer.child.id().to_string();
+    let v = loadtest(&peer.url, &["--server-pid", &pid], &[], "peer-ping");
     check_counts(&v, "pongs");
     let v = loadtest(
         &peer.url,
-        peer.child.id(),
+        &["--server-pid", &pid],
         &["--message", "crawl", "--crawl-url", "http://127.0.0.1:9/"],
         "peer-crawl",
     );
@@ -149,6 +153,137 @@ fn counts_against_tokio_peer() {
         v["runs"][0]["counters"]["accepted"],
         v["runs"][0]["counters"]["sent"]
     );
+}
+
+/// A stand-in balancer: answers every `GET /v1/gateway` with `url` (one
+/// request per TCP connection, `Connection: close`).
+fn fake_balancer(url: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            // Read until the end of the request head (a GET has no body).
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = format!("{{\"url\":\"{url}\",\"node\":\"gw-test\"}}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn balancer_assigns_every_connection() {
+    let peer = start(
+        Path::new(env!("CARGO_BIN_EXE_tokio-peer")),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let balancer = fake_balancer(peer.url.clone());
+    let dir = std::env::temp_dir().join(format!("loadtest-e2e-{}-balancer", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "--balancer",
+            &balancer,
+            "--connections",
+            "100",
+            "--hold",
+            "500ms",
+            "--settle",
+            "0s",
+            "--quiet",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let c = &v["runs"][0]["counters"];
+    assert_eq!(c["opened"], 100, "{c}");
+    assert_eq!(c["nodes"]["gw-test"], 100, "{c}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reconnects_after_the_server_restarts() {
+    let peer_bin = Path::new(env!("CARGO_BIN_EXE_tokio-peer"));
+    let mut peer = start(peer_bin, &["--listen", "127.0.0.1:0"]);
+    let url = peer.url.clone();
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("loadtest-e2e-{}-reconnect", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let mut lt = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args([
+            "--url",
+            &url,
+            "--connections",
+            "100",
+            "--hold",
+            "6s",
+            "--settle",
+            "0s",
+            "--quiet",
+        ])
+        .args([
+            "--reconnect",
+            "--backoff-base",
+            "50ms",
+            "--backoff-max",
+            "400ms",
+        ])
+        .arg("--report")
+        .arg(&report)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the ramp, then restart the server on the same port.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = peer.child.kill();
+    let _ = peer.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    peer = start(peer_bin, &["--listen", &addr]);
+    let status = lt.wait().unwrap();
+    assert!(status.success());
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let run = &v["runs"][0];
+    let c = &run["counters"];
+    assert_eq!(
+        c["dropped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>(),
+        100,
+        "{c}"
+    );
+    assert!(c["reconnects"].as_u64().unwrap() >= 100, "{c}");
+    assert!(c["opened"].as_u64().unwrap() >= 200, "{c}");
+    assert_eq!(run["open_at_end"], 100, "{c}");
+    drop(peer);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -207,14 +342,16 @@ fn counts_against_gateway() {
             "echo",
         ],
     );
-    let v = loadtest(&gw.url, gw.child.id(), &[], "gateway-ping");
+    let pid = gw.child.id().to_string();
+    let v = loadtest(&gw.url, &["--server-pid", &pid], &[], "gateway-ping");
     check_counts(&v, "pongs");
+    // Memory from the admin endpoint's process_resident_memory_bytes this time.
+    let admin = gw.admin.clone().expect("gateway prints its admin URL");
     let v = loadtest(
         &gw.url,
-        gw.child.id(),
+        &["--server-admin", &admin],
         &["--message", "crawl", "--crawl-url", "http://127.0.0.1:9/"],
         "gateway-crawl",
     );
     check_counts(&v, "results");
-    std::thread::sleep(Duration::from_millis(10));
 }
