@@ -5,8 +5,9 @@
 //! (Google's matching rules: longest match wins, `Allow` wins ties) and
 //! cached per origin (scheme, host, port), as RFC 9309 scopes them. Errors
 //! follow the RFC too: a missing file (4xx) allows everything, an
-//! unreachable one (5xx, network failure) disallows everything for the
-//! cache period, so a struggling site is not hammered page after page.
+//! unreachable one (5xx, network failure) disallows everything for a short
+//! while ([`UNAVAILABLE_TTL`]), so a struggling site is not hammered page
+//! after page, yet a passing failure does not hide a site for an hour.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,9 @@ use url::Url;
 
 /// Google's limit; content past it is ignored.
 pub const MAX_ROBOTS_BYTES: u64 = 500 * 1024;
+
+/// How long an unreachable robots.txt keeps its origin closed.
+pub const UNAVAILABLE_TTL: Duration = Duration::from_secs(60);
 
 /// The rules for one origin.
 pub enum Rules {
@@ -50,6 +54,10 @@ pub enum Verdict {
 }
 
 impl Rules {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Rules::Unavailable { .. })
+    }
+
     /// Builds the rules from a robots.txt response (`status` 0 is never
     /// passed: fetch errors become [`Rules::Unavailable`] at the caller).
     pub fn from_response(agent: &str, status: u16, body: &[u8]) -> Rules {
@@ -99,14 +107,36 @@ struct Entry {
 pub struct RobotsCache {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     ttl: Duration,
+    unavailable_ttl: Duration,
     max_entries: usize,
+}
+
+impl Entry {
+    /// Fresh while its rules are being fetched, then for the TTL that fits
+    /// what was fetched.
+    fn fresh(&self, now: Instant, ttl: Duration, unavailable_ttl: Duration) -> bool {
+        let ttl = match self.rules.get() {
+            Some(r) if r.is_unavailable() => unavailable_ttl.min(ttl),
+            _ => ttl,
+        };
+        now.duration_since(self.born) < ttl
+    }
 }
 
 impl RobotsCache {
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self::with_unavailable_ttl(ttl, UNAVAILABLE_TTL, max_entries)
+    }
+
+    pub fn with_unavailable_ttl(
+        ttl: Duration,
+        unavailable_ttl: Duration,
+        max_entries: usize,
+    ) -> Self {
         RobotsCache {
             entries: Mutex::new(HashMap::new()),
             ttl,
+            unavailable_ttl,
             max_entries: max_entries.max(1),
         }
     }
@@ -121,13 +151,13 @@ impl RobotsCache {
             let mut map = self.entries.lock();
             let fresh = map
                 .get(&origin)
-                .filter(|e| now.duration_since(e.born) < self.ttl)
+                .filter(|e| e.fresh(now, self.ttl, self.unavailable_ttl))
                 .cloned();
             match fresh {
                 Some(e) => e,
                 None => {
                     if map.len() >= self.max_entries {
-                        map.retain(|_, e| now.duration_since(e.born) < self.ttl);
+                        map.retain(|_, e| e.fresh(now, self.ttl, self.unavailable_ttl));
                         if map.len() >= self.max_entries {
                             map.clear();
                         }
@@ -233,6 +263,37 @@ mod tests {
             5,
             "expired entries are fetched again"
         );
+    }
+
+    #[test]
+    fn unreachable_robots_are_asked_again_sooner() {
+        let cache =
+            RobotsCache::with_unavailable_ttl(Duration::from_secs(3600), Duration::ZERO, 100);
+        let calls = AtomicUsize::new(0);
+        let down = |_: &Url| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Rules::Unavailable {
+                reason: "timeout".into(),
+            }
+        };
+        let r = cache.rules(&url("http://down/"), down);
+        assert_eq!(
+            r.verdict(&url("http://down/")),
+            Verdict::Unavailable("timeout".into())
+        );
+        let _ = cache.rules(&url("http://down/"), down);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "failures are not kept for the full TTL"
+        );
+        let up = |_: &Url| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Rules::AllowAll
+        };
+        let _ = cache.rules(&url("http://up/"), up);
+        let _ = cache.rules(&url("http://up/"), up);
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "answers are");
     }
 
     #[test]

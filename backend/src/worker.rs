@@ -118,25 +118,22 @@ impl Worker {
 
     /// Fetches the task's page and extracts its links.
     pub fn handle(&self, task: &FetchTask) -> FetchReply {
-        let mut reply = FetchReply::failed(task, "");
-        reply.reason = None;
-        let url = match Url::parse(&task.url) {
-            Ok(u) => u,
-            Err(_) => return FetchReply::failed(task, "invalid_url"),
+        let Ok(url) = Url::parse(&task.url) else {
+            return FetchReply::failed(task, "invalid_url");
         };
-        match self.fetch_links(url) {
-            Ok((final_url, status, links)) => {
-                if final_url.as_str() != task.url {
-                    reply.final_url = Some(final_url.into());
-                }
-                reply.status = Some(status);
-                reply.links = links;
-            }
-            Err(f) => {
-                reply.reason = Some(f.reason);
-                reply.status = f.status;
-            }
-        }
+        let reply = match self.fetch_links(url) {
+            Ok((final_url, status, links)) => FetchReply {
+                final_url: (final_url.as_str() != task.url).then(|| final_url.into()),
+                status: Some(status),
+                links,
+                reason: None,
+                ..FetchReply::failed(task, "")
+            },
+            Err(f) => FetchReply {
+                status: f.status,
+                ..FetchReply::failed(task, f.reason)
+            },
+        };
         tracing::debug!(job = %task.job, url = %task.url, reason = ?reply.reason, links = reply.links.len(), "fetched");
         reply
     }

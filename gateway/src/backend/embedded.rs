@@ -29,6 +29,11 @@ use super::{Backend, JobTicket, ReplySink};
 /// How often finished results past their TTL are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Results kept at most: each holds a whole crawl, and a busy gateway
+/// finishes many jobs per TTL. Past this the oldest results go first (their
+/// owners get `unknown_job` on a late resume).
+const MAX_RESULTS: usize = 20_000;
+
 pub struct EmbeddedBackend {
     shared: Arc<Shared>,
     jobs: Sender<(JobTicket, CrawlSpec)>,
@@ -147,12 +152,27 @@ impl Shared {
     fn store(&self, token: &str, stored: Stored) {
         let mut results = self.results.lock();
         let now = Instant::now();
-        if now.duration_since(results.last_sweep) >= SWEEP_EVERY {
+        let full = results.by_token.len() >= MAX_RESULTS;
+        if full || now.duration_since(results.last_sweep) >= SWEEP_EVERY {
             results.last_sweep = now;
             results.by_token.retain(|_, s| match s {
                 Stored::Running { .. } => true,
                 Stored::Finished { expires, .. } => *expires > now,
             });
+        }
+        if results.by_token.len() >= MAX_RESULTS {
+            let oldest = results
+                .by_token
+                .iter()
+                .filter_map(|(k, s)| match s {
+                    Stored::Finished { expires, .. } => Some((*expires, k)),
+                    Stored::Running { .. } => None,
+                })
+                .min()
+                .map(|(_, k)| k.clone());
+            if let Some(k) = oldest {
+                results.by_token.remove(&k);
+            }
         }
         results.by_token.insert(token.to_string(), stored);
     }
