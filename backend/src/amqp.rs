@@ -193,8 +193,12 @@ pub async fn declare_shared(ch: &Channel, names: &Names) -> lapin::Result<()> {
         FieldTable::default(),
     )
     .await?;
-    ch.queue_declare(names.dead().as_str().into(), durable(), FieldTable::default())
-        .await?;
+    ch.queue_declare(
+        names.dead().as_str().into(),
+        durable(),
+        FieldTable::default(),
+    )
+    .await?;
     ch.queue_bind(
         names.dead().as_str().into(),
         dlx.as_str().into(),
@@ -210,8 +214,12 @@ pub async fn declare_shared(ch: &Channel, names: &Names) -> lapin::Result<()> {
     );
     ch.queue_declare(names.jobs().as_str().into(), durable(), args)
         .await?;
-    ch.queue_declare(names.tasks().as_str().into(), durable(), FieldTable::default())
-        .await?;
+    ch.queue_declare(
+        names.tasks().as_str().into(),
+        durable(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(())
 }
 

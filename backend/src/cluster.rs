@@ -219,7 +219,13 @@ impl MasterCtx {
     }
 
     /// Publishes with a publisher confirm; true once the broker has it.
-    fn publish_confirmed(&self, exchange: &str, queue: &str, body: &[u8], props: BasicProperties) -> bool {
+    fn publish_confirmed(
+        &self,
+        exchange: &str,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> bool {
         let r = self.handle.block_on(async {
             self.publish
                 .basic_publish(
@@ -280,7 +286,11 @@ impl MasterCtx {
             Err(e) => {
                 let reason = format!("malformed job: {e}");
                 tracing::error!(%reason, "dead-lettering a job");
-                let key = d.properties.correlation_id().as_ref().map(|s| s.to_string());
+                let key = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|s| s.to_string());
                 let queue = d.properties.reply_to().as_ref().map(|s| s.to_string());
                 if let (Some(key), Some(queue)) = (key, queue) {
                     let msg = ResultMsg {
@@ -418,7 +428,10 @@ impl MasterCtx {
             event: Some(event.clone()),
         };
         let ttl = self.cfg.engine.result_ttl;
-        if let Some(false) = self.coord.commit_result(&job.token, epoch, &job.token, &stored, ttl) {
+        if let Some(false) = self
+            .coord
+            .commit_result(&job.token, epoch, &job.token, &stored, ttl)
+        {
             tracing::warn!(job = %job.key, epoch, "stale runner: a newer epoch owns this job; result dropped");
             self.ack(d);
             return;
@@ -583,7 +596,7 @@ pub fn run_worker(cfg: WorkerNodeConfig) -> std::io::Result<()> {
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| ms(d))
+        .map(ms)
         .unwrap_or(0)
 }
 
@@ -622,7 +635,11 @@ async fn worker_session(
                     return;
                 }
             };
-            let Some(reply_to) = delivery.properties.reply_to().as_ref().map(|s| s.to_string())
+            let Some(reply_to) = delivery
+                .properties
+                .reply_to()
+                .as_ref()
+                .map(|s| s.to_string())
             else {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 return;
@@ -682,7 +699,11 @@ pub fn list_dead_letters(amqp_url: &str, names: &Names) -> Result<Vec<DeadLetter
         {
             let d = &m.delivery;
             out.push(DeadLetter {
-                key: d.properties.correlation_id().as_ref().map(|s| s.to_string()),
+                key: d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|s| s.to_string()),
                 reason: amqp::header(&d.properties, "x-reason"),
                 body: String::from_utf8_lossy(&d.data).into_owned(),
             });

@@ -325,7 +325,10 @@ impl Coordination {
     /// The newest epoch handed out for `job`.
     pub fn current_epoch(&self, job: &str) -> Option<u64> {
         let ek = self.k("epoch", job);
-        let r: Option<Option<u64>> = self.link.lock().run(|c| redis::cmd("GET").arg(&ek).query(c));
+        let r: Option<Option<u64>> = self
+            .link
+            .lock()
+            .run(|c| redis::cmd("GET").arg(&ek).query(c));
         r.map(|v| v.unwrap_or(0))
     }
 
@@ -410,10 +413,7 @@ impl Coordination {
 
     pub fn clear_attempts(&self, job: &str) {
         let k = self.k("attempts", job);
-        let _: Option<()> = self
-            .link
-            .lock()
-            .run(|c| redis::cmd("DEL").arg(&k).query(c));
+        let _: Option<()> = self.link.lock().run(|c| redis::cmd("DEL").arg(&k).query(c));
     }
 }
 
@@ -518,9 +518,15 @@ mod tests {
             key: "k".into(),
             event: Some(JobEvent::Progress { level: n, pages: n }),
         };
-        assert_eq!(co.commit_result("job", a.epoch, "tok", &stored(1), ttl), Some(false));
+        assert_eq!(
+            co.commit_result("job", a.epoch, "tok", &stored(1), ttl),
+            Some(false)
+        );
         assert_eq!(co.stored("tok"), Some(None));
-        assert_eq!(co.commit_result("job", b.epoch, "tok", &stored(2), ttl), Some(true));
+        assert_eq!(
+            co.commit_result("job", b.epoch, "tok", &stored(2), ttl),
+            Some(true)
+        );
         assert_eq!(co.stored("tok"), Some(Some(stored(2))));
         // a cannot release b's lease; b can.
         co.release(&a);

@@ -42,7 +42,10 @@ fn crawl_matches_embedded_backend() {
 
     let mut e = reference.connect();
     let (_, embedded) = crawl(&mut e, "J1", &seed, 3);
-    assert_eq!(result["levels"], embedded["levels"], "same levels, same order");
+    assert_eq!(
+        result["levels"], embedded["levels"],
+        "same levels, same order"
+    );
     assert_eq!(level_sets(&result), expected(&site, "/", 3));
 }
 
@@ -92,7 +95,9 @@ fn master_killed_mid_job_is_taken_over() {
     assert_eq!(recv(&mut c)["type"], "accepted");
     m1.wait_log("job started", 20);
     // The slow page is being fetched: the job is mid-run.
-    wait_for("slow page fetch", 20, || (site.hits("/slow.html") > 0).then_some(()));
+    wait_for("slow page fetch", 20, || {
+        (site.hits("/slow.html") > 0).then_some(())
+    });
     let m2 = master(&ns, "m2", &lease);
     m1.kill9();
 
@@ -122,14 +127,20 @@ fn worker_killed_mid_task_is_redelivered() {
     let mut c = gw.connect();
     send_json(&mut c, &crawl_msg("J", &site.url("/slow.html"), 2));
     assert_eq!(recv(&mut c)["type"], "accepted");
-    wait_for("slow page fetch", 20, || (site.hits("/slow.html") > 0).then_some(()));
+    wait_for("slow page fetch", 20, || {
+        (site.hits("/slow.html") > 0).then_some(())
+    });
     w1.kill9();
     let _w2 = worker(&ns, "w2", &[]);
     let result = final_answer(&mut c);
     assert_eq!(result["type"], "result", "{result}");
     assert!(result.get("partial").is_none(), "{result}");
     assert_eq!(level_sets(&result), expected(&site, "/slow.html", 2));
-    assert_eq!(site.hits("/slow.html"), 2, "fetched again by the second worker");
+    assert_eq!(
+        site.hits("/slow.html"),
+        2,
+        "fetched again by the second worker"
+    );
 }
 
 /// (5) `kill -9` of the accepting gateway: the client resumes on another
@@ -153,18 +164,27 @@ fn resume_on_another_gateway_after_kill() {
     g1.proc.kill9();
 
     let mut c2 = g2.connect();
-    send_json(&mut c2, &json!({"type": "resume", "id": "J", "token": token}));
+    send_json(
+        &mut c2,
+        &json!({"type": "resume", "id": "J", "token": token}),
+    );
     let result = final_answer(&mut c2);
     assert_eq!(result["type"], "result", "{result}");
     assert_eq!(level_sets(&result), expected(&site, "/", 3));
 
     // Resuming a finished job answers at once, again.
     let mut c3 = g2.connect();
-    send_json(&mut c3, &json!({"type": "resume", "id": "J", "token": token}));
+    send_json(
+        &mut c3,
+        &json!({"type": "resume", "id": "J", "token": token}),
+    );
     assert_eq!(final_answer(&mut c3)["levels"], result["levels"]);
 
     for wrong in ["0123456789abcdef0123456789abcdef", "nope", ""] {
-        send_json(&mut c3, &json!({"type": "resume", "id": "K", "token": wrong}));
+        send_json(
+            &mut c3,
+            &json!({"type": "resume", "id": "K", "token": wrong}),
+        );
         let e = recv(&mut c3);
         assert_eq!(e["type"], "error", "{e}");
         assert_eq!(e["code"], "unknown_job", "{e}");
@@ -246,7 +266,10 @@ fn jobs_complete_without_redis() {
         if r["cached"] == true {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "cache never came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "cache never came back"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -278,7 +301,11 @@ fn poison_job_is_dead_lettered() {
         (!d.is_empty()).then_some(d)
     });
     assert_eq!(dead.len(), 1);
-    assert!(dead[0]["reason"].as_str().unwrap_or("").contains("gave up"), "{}", dead[0]);
+    assert!(
+        dead[0]["reason"].as_str().unwrap_or("").contains("gave up"),
+        "{}",
+        dead[0]
+    );
 }
 
 /// Latencies in ms → (p50, p99).
@@ -346,10 +373,17 @@ fn bench_distributed() {
         .map(|i| master(&ns, &format!("m{i}"), &["--jobs", "16"]))
         .collect();
     let gw = Gateway::start(&ns, "gw1", &["--max-pages", "1000"]);
-    let jobs: usize = std::env::var("BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
+    let jobs: usize = std::env::var("BENCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
     let clients = 16;
-    let d1: Vec<String> = (0..jobs).map(|i| site.url(&format!("/g/{i}.html"))).collect();
-    let d2: Vec<String> = (jobs..2 * jobs).map(|i| site.url(&format!("/g/{i}.html"))).collect();
+    let d1: Vec<String> = (0..jobs)
+        .map(|i| site.url(&format!("/g/{i}.html")))
+        .collect();
+    let d2: Vec<String> = (jobs..2 * jobs)
+        .map(|i| site.url(&format!("/g/{i}.html")))
+        .collect();
     let report = |name: &str, (rate, p50, p99, cached): (f64, f64, f64, usize)| {
         println!("{name:<28} {jobs} jobs, {clients} clients: {rate:8.1} jobs/s  p50 {p50:7.2} ms  p99 {p99:7.2} ms  cached {cached}");
     };

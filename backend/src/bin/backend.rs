@@ -13,7 +13,11 @@ use backend::engine::{EngineConfig, Limits};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "backend", version, about = "Crawl masters and workers over RabbitMQ and Redis")]
+#[command(
+    name = "backend",
+    version,
+    about = "Crawl masters and workers over RabbitMQ and Redis"
+)]
 struct Cli {
     #[command(subcommand)]
     role: Role,

@@ -120,7 +120,11 @@ impl AmqpBackend {
             let worker = RedisWorker {
                 cfg: cfg.clone(),
                 cache: RedisCache::new(&cfg.redis_url, &names.redis_prefix(), cfg.cache_ttl),
-                coord: Coordination::new(&cfg.redis_url, &names.redis_prefix(), Duration::from_secs(5)),
+                coord: Coordination::new(
+                    &cfg.redis_url,
+                    &names.redis_prefix(),
+                    Duration::from_secs(5),
+                ),
                 shared: shared.clone(),
                 link: link.clone(),
                 cmds: tx.clone(),
@@ -133,7 +137,7 @@ impl AmqpBackend {
         }
         Ok(AmqpBackend {
             cmds: tx,
-            shared: shared,
+            shared,
             _link: link,
         })
     }
@@ -164,7 +168,9 @@ impl Backend for AmqpBackend {
     fn submit(&self, ticket: JobTicket, spec: CrawlSpec) {
         if let Err(e) = self.cmds.send(Cmd::Submit(ticket, spec)) {
             if let Cmd::Submit(ticket, _) = e.into_inner() {
-                self.shared.sink.send(&ticket, unavailable("the backend is shut down"));
+                self.shared
+                    .sink
+                    .send(&ticket, unavailable("the backend is shut down"));
             }
         }
     }
@@ -176,7 +182,9 @@ impl Backend for AmqpBackend {
         }
         if let Err(e) = self.cmds.send(Cmd::Resume(ticket)) {
             if let Cmd::Resume(ticket) = e.into_inner() {
-                self.shared.sink.send(&ticket, unavailable("the backend is shut down"));
+                self.shared
+                    .sink
+                    .send(&ticket, unavailable("the backend is shut down"));
             }
         }
     }
@@ -226,20 +234,25 @@ impl RedisWorker {
                 key: ticket.key.clone(),
                 event: Some(event.clone()),
             };
-            self.coord.store(&ticket.resume_token, &stored, self.cfg.result_ttl);
+            self.coord
+                .store(&ticket.resume_token, &stored, self.cfg.result_ttl);
             sink.send(&ticket, JobEvent::Accepted { cached: true });
             sink.send(&ticket, event);
             return;
         }
         if !self.link.is_up() {
-            sink.send(&ticket, unavailable("the message broker is unreachable; retry later"));
+            sink.send(
+                &ticket,
+                unavailable("the message broker is unreachable; retry later"),
+            );
             return;
         }
         let running = StoredResult {
             key: ticket.key.clone(),
             event: None,
         };
-        self.coord.store(&ticket.resume_token, &running, self.cfg.result_ttl);
+        self.coord
+            .store(&ticket.resume_token, &running, self.cfg.result_ttl);
         let job = JobMsg {
             key: ticket.key.clone(),
             token: ticket.resume_token.clone(),
@@ -247,12 +260,17 @@ impl RedisWorker {
             reply_queue: self.link.reply_queue().to_string(),
         };
         // Registered before publishing: the result may beat the confirm.
-        self.shared.pending.lock().insert(ticket.key.clone(), ticket.clone());
+        self.shared
+            .pending
+            .lock()
+            .insert(ticket.key.clone(), ticket.clone());
         let (shared, cmds) = (self.shared.clone(), self.cmds.clone());
         self.link.publish(
             job,
             Box::new(move |confirmed| match confirmed {
-                Ok(()) => shared.sink.send(&ticket, JobEvent::Accepted { cached: false }),
+                Ok(()) => shared
+                    .sink
+                    .send(&ticket, JobEvent::Accepted { cached: false }),
                 Err(message) => {
                     shared.pending.lock().remove(&ticket.key);
                     let event = unavailable(&message);
@@ -286,7 +304,10 @@ impl RedisWorker {
                 if known {
                     self.wait(ticket);
                 } else {
-                    sink.send(&ticket, unavailable("the result store is unreachable; retry later"));
+                    sink.send(
+                        &ticket,
+                        unavailable("the result store is unreachable; retry later"),
+                    );
                 }
             }
         }
@@ -299,7 +320,9 @@ impl RedisWorker {
         list.retain(|w| !(w.client == ticket.client && w.job_id == ticket.job_id));
         list.push(ticket.clone());
         // Under the lock, so it goes out before the result.
-        self.shared.sink.send(&ticket, JobEvent::Accepted { cached: false });
+        self.shared
+            .sink
+            .send(&ticket, JobEvent::Accepted { cached: false });
     }
 
     /// Answers resumed jobs whose result reached the store (the master
@@ -316,7 +339,12 @@ impl RedisWorker {
                 self.shared.deliver(&key, &token, event);
             } else if let Some(None) = self.coord.stored(&token) {
                 // The marker expired: the job is lost to us.
-                let gone = self.shared.waiters.lock().remove(&token).unwrap_or_default();
+                let gone = self
+                    .shared
+                    .waiters
+                    .lock()
+                    .remove(&token)
+                    .unwrap_or_default();
                 for t in gone {
                     self.shared.sink.send(&t, unknown_job());
                 }

@@ -78,9 +78,11 @@ impl Proc {
 
     /// Waits until the log holds `needle` (panics after `secs`).
     pub fn wait_log(&self, needle: &str, secs: u64) {
-        wait_for(&format!("{needle:?} in {}", self.log.display()), secs, || {
-            self.log_text().contains(needle).then_some(())
-        });
+        wait_for(
+            &format!("{needle:?} in {}", self.log.display()),
+            secs,
+            || self.log_text().contains(needle).then_some(()),
+        );
     }
 }
 
