@@ -131,3 +131,63 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
         ws_ping(ws, &format!("after-{i}")).expect("B's clients still served");
     }
 }
+
+#[test]
+fn generated_configs_pass_haproxy_check() {
+    let gen = concat!(env!("CARGO_MANIFEST_DIR"), "/../haproxy/gen-config");
+    let dir = support::TempDir::new("haproxy-check");
+    for (i, args) in [
+        vec!["1", "7001", "7101"],
+        vec!["10", "7001", "7101"],
+        vec!["--servers", "5555:5556,6555:6556"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = std::process::Command::new(gen)
+            .args(args)
+            .output()
+            .expect("gen-config");
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for needle in [
+            "timeout tunnel",
+            "timeout client-fin",
+            "balance leastconn",
+            "option httpchk GET /readyz",
+            "maxconn 9900",
+        ] {
+            assert!(text.contains(needle), "{needle} missing for {args:?}");
+        }
+        let cfg = dir.0.join(format!("{i}.cfg"));
+        std::fs::write(&cfg, &out.stdout).unwrap();
+        let check = std::process::Command::new("haproxy")
+            .args(["-c", "-q", "-f"])
+            .arg(&cfg)
+            .output()
+            .expect("haproxy installed (scripts/ensure-haproxy)");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    // The checked-in default is what the generator makes for the cluster.
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../haproxy/haproxy.cfg"
+    ))
+    .unwrap();
+    let out = std::process::Command::new(gen)
+        .args(["3", "7001", "7101"])
+        .output()
+        .unwrap();
+    let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&shipped), body(&String::from_utf8_lossy(&out.stdout)));
+    assert!(!std::process::Command::new(gen)
+        .arg("x")
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
