@@ -59,9 +59,9 @@ fn main() -> ExitCode {
     let config = Config {
         listen: args.listen,
         redis_url: args.redis_url,
-        key_prefix: match args.namespace.as_deref().map(str::trim) {
-            Some(ns) if !ns.is_empty() => format!("{ns}:"),
-            _ => args.key_prefix,
+        key_prefix: match args.namespace {
+            Some(ns) => gateway::membership::namespace_prefix(&ns),
+            None => args.key_prefix,
         },
         refresh_interval: Duration::from_millis(args.refresh_ms.max(10)),
         fresh: Duration::from_millis(args.fresh_ms),

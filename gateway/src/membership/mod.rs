@@ -34,5 +34,5 @@ pub mod status;
 pub use backoff::Backoff;
 pub use gateway::start_gateway_heartbeat;
 pub use heartbeat::{Heartbeat, HeartbeatConfig, Load, LoadSource};
-pub use record::{index_key, record_key, NodeRecord, NodeState, Role};
+pub use record::{index_key, namespace_prefix, record_key, NodeRecord, NodeState, Role};
 pub use registry::{connect, list_nodes, redis_time_ms, Listing, NodeEntry};

@@ -114,6 +114,15 @@ impl NodeRecord {
     }
 }
 
+/// The registry key prefix of a cluster `--namespace`: `"<ns>:"`, or nothing
+/// for the empty namespace (the same rule as the backend's Redis keys).
+pub fn namespace_prefix(namespace: &str) -> String {
+    match namespace.trim() {
+        "" => String::new(),
+        ns => format!("{ns}:"),
+    }
+}
+
 /// The key holding one node's record.
 pub fn record_key(prefix: &str, role: Role, id: &str) -> String {
     format!("{prefix}nodes:{role}:{id}")
@@ -149,6 +158,8 @@ mod tests {
         assert_eq!(r.free(), 7);
         assert_eq!(record_key("t:", Role::Worker, "w1"), "t:nodes:worker:w1");
         assert_eq!(index_key(""), "nodes:index");
+        assert_eq!(namespace_prefix(" t1 "), "t1:");
+        assert_eq!(namespace_prefix(""), "");
         assert_eq!(Role::parse("master"), Some(Role::Master));
         assert_eq!(Role::parse("x"), None);
     }

@@ -18,7 +18,8 @@ pub fn run(redis_url: &str, json: bool) -> io::Result<()> {
     run_with_prefix(redis_url, "", json)
 }
 
-/// [`run`] with a key prefix (namespace).
+/// [`run`] for a cluster started with `--namespace` (see
+/// [`namespace_prefix`](super::namespace_prefix)), or with a raw key prefix.
 pub fn run_with_prefix(redis_url: &str, key_prefix: &str, json: bool) -> io::Result<()> {
     let listing = connect(redis_url, Duration::from_secs(2))
         .and_then(|mut conn| list_nodes(&mut conn, key_prefix, None))
