@@ -60,10 +60,19 @@ enum Cmd {
     Store(String, StoredResult),
 }
 
+/// A job published from here.
+struct Pending {
+    ticket: JobTicket,
+    /// The broker confirmed it and the client was told `accepted`.
+    accepted: bool,
+    /// Events that beat the confirm (a fast master), sent after `accepted`.
+    held: Vec<JobEvent>,
+}
+
 struct Shared {
     sink: ReplySink,
     /// Jobs published from here, by key, until their result arrives.
-    pending: Mutex<HashMap<String, JobTicket>>,
+    pending: Mutex<HashMap<String, Pending>>,
     /// Connections here that resumed a job, by token.
     waiters: Mutex<HashMap<String, Vec<JobTicket>>>,
 }
@@ -73,10 +82,17 @@ impl Shared {
     /// final event removes them, so each gets it once.
     fn deliver(&self, key: &str, token: &str, event: JobEvent) {
         let last = matches!(event, JobEvent::Done(_) | JobEvent::Failed(_));
-        let owner = if last {
-            self.pending.lock().remove(key)
-        } else {
-            self.pending.lock().get(key).cloned()
+        let owner = {
+            let mut pending = self.pending.lock();
+            match pending.get_mut(key) {
+                Some(p) if !p.accepted => {
+                    p.held.push(event.clone());
+                    None
+                }
+                Some(_) if last => pending.remove(key).map(|p| p.ticket),
+                Some(p) => Some(p.ticket.clone()),
+                None => None,
+            }
         };
         let waiters = if token.is_empty() {
             Vec::new()
@@ -260,17 +276,36 @@ impl RedisWorker {
             reply_queue: self.link.reply_queue().to_string(),
         };
         // Registered before publishing: the result may beat the confirm.
-        self.shared
-            .pending
-            .lock()
-            .insert(ticket.key.clone(), ticket.clone());
+        self.shared.pending.lock().insert(
+            ticket.key.clone(),
+            Pending {
+                ticket: ticket.clone(),
+                accepted: false,
+                held: Vec::new(),
+            },
+        );
         let (shared, cmds) = (self.shared.clone(), self.cmds.clone());
         self.link.publish(
             job,
             Box::new(move |confirmed| match confirmed {
-                Ok(()) => shared
-                    .sink
-                    .send(&ticket, JobEvent::Accepted { cached: false }),
+                Ok(()) => {
+                    // Under the lock, so `accepted` precedes held events.
+                    let mut pending = shared.pending.lock();
+                    shared
+                        .sink
+                        .send(&ticket, JobEvent::Accepted { cached: false });
+                    let mut finished = false;
+                    if let Some(p) = pending.get_mut(&ticket.key) {
+                        p.accepted = true;
+                        for event in p.held.drain(..) {
+                            finished |= matches!(event, JobEvent::Done(_) | JobEvent::Failed(_));
+                            shared.sink.send(&ticket, event);
+                        }
+                    }
+                    if finished {
+                        pending.remove(&ticket.key);
+                    }
+                }
                 Err(message) => {
                     shared.pending.lock().remove(&ticket.key);
                     let event = unavailable(&message);
@@ -300,7 +335,7 @@ impl RedisWorker {
                     .pending
                     .lock()
                     .values()
-                    .any(|t| t.resume_token == ticket.resume_token);
+                    .any(|p| p.ticket.resume_token == ticket.resume_token);
                 if known {
                     self.wait(ticket);
                 } else {
