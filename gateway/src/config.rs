@@ -79,8 +79,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_READERS")]
     pub readers: Option<usize>,
 
-    /// Name of this gateway in logs, metrics, job keys and the registry.
-    /// Default: gw-<listen port>.
+    /// Name of this gateway in logs, metrics, job keys, its result queue and
+    /// the registry; unique per cluster. Default: gw-<listen port>.
     #[arg(long, env = "GATEWAY_NODE_ID")]
     pub node_id: Option<String>,
 
@@ -135,10 +135,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// `--node-id`, else `gw-<port>`; with port 0 (tests, scripts) the port
+    /// is not known yet, so `gw-pid<pid>` keeps ids of one host apart.
     pub fn node_id(&self) -> String {
-        self.node_id
-            .clone()
-            .unwrap_or_else(|| format!("gw-{}", self.listen.port()))
+        match (&self.node_id, self.listen.port()) {
+            (Some(id), _) => id.clone(),
+            (None, 0) => format!("gw-pid{}", std::process::id()),
+            (None, port) => format!("gw-{port}"),
+        }
     }
 
     pub fn readers(&self) -> usize {

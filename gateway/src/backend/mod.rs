@@ -55,7 +55,10 @@ impl ReplySink {
 
     /// Queues a reply and wakes the reactor. Never blocks.
     pub fn send(&self, ticket: &JobTicket, event: JobEvent) {
-        let reply = Reply { ticket: ticket.clone(), event };
+        let reply = Reply {
+            ticket: ticket.clone(),
+            event,
+        };
         if self.replies.send(reply).is_ok() {
             // A failed wake means the reactor is gone; the reply is moot.
             let _ = self.waker.wake();
