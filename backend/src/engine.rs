@@ -7,9 +7,12 @@
 //! master's BFS against whatever [`TaskQueue`] it was given, and stores
 //! complete results.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::cache::{cache_key, lookup, CachedCrawl, Lookup, MemoryCache, ResultCache};
 use crate::guard::{self, GuardPolicy};
@@ -181,6 +184,11 @@ pub struct Engine {
     config: EngineConfig,
     queue: Arc<dyn TaskQueue>,
     cache: Arc<dyn ResultCache>,
+    /// One turn per cache key: jobs for the same seed run one after the
+    /// other in this process, so the second of two identical requests is
+    /// answered from (or extends) the first's result instead of fetching
+    /// the same pages again. Popular URLs arrive in bursts.
+    turns: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     _pool: Option<WorkerPool>,
 }
 
@@ -194,6 +202,7 @@ impl Engine {
             config,
             queue: Arc::new(queue),
             cache,
+            turns: Mutex::default(),
             _pool: Some(pool),
         }
     }
@@ -208,6 +217,7 @@ impl Engine {
             config,
             queue,
             cache,
+            turns: Mutex::default(),
             _pool: None,
         }
     }
@@ -239,9 +249,31 @@ impl Engine {
         spec: &CrawlSpec,
         progress: &mut dyn FnMut(u32, u32),
     ) -> Result<CrawlOutcome, JobFailure> {
+        // Time spent waiting for the turn counts against the job's deadline.
         let started = Instant::now();
         let ckey = cache_key(spec);
-        let start = match lookup(self.cache.as_ref(), &ckey, spec.depth) {
+        let turn = self.turns.lock().entry(ckey.clone()).or_default().clone();
+        let result = {
+            let _turn = turn.lock();
+            self.run_in_turn(key, spec, &ckey, started, progress)
+        };
+        let mut turns = self.turns.lock();
+        // Clones are taken under this lock: two left means the map's and ours.
+        if Arc::strong_count(&turn) == 2 {
+            turns.remove(&ckey);
+        }
+        result
+    }
+
+    fn run_in_turn(
+        &self,
+        key: &str,
+        spec: &CrawlSpec,
+        ckey: &str,
+        started: Instant,
+        progress: &mut dyn FnMut(u32, u32),
+    ) -> Result<CrawlOutcome, JobFailure> {
+        let start = match lookup(self.cache.as_ref(), ckey, spec.depth) {
             Lookup::Hit(levels) => return Ok(outcome(spec, levels, true, None)),
             Lookup::Extend(entry) => Some(entry.levels),
             Lookup::Miss => None,
@@ -275,7 +307,7 @@ impl Engine {
         );
         if result.partial.is_none() {
             self.cache.put(
-                &ckey,
+                ckey,
                 CachedCrawl {
                     depth: spec.depth,
                     levels: result.levels.clone(),

@@ -220,6 +220,34 @@ fn cache_hits_truncates_and_extends() {
 }
 
 #[test]
+fn identical_concurrent_jobs_crawl_once() {
+    let site = FixtureSite::start_with(FixtureOptions {
+        slow: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let engine = Engine::start(config());
+    let spec = spec(&site.url("/"), 3, JobOptions::default());
+    let start = std::sync::Barrier::new(4);
+    let outcomes: Vec<_> = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    run(&engine, &spec)
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    assert_eq!(site.hits("/"), 1, "the seed was fetched once");
+    assert_eq!(site.hits("/slow.html"), 1);
+    assert_eq!(outcomes.iter().filter(|o| !o.cached).count(), 1);
+    for o in &outcomes {
+        assert_eq!(sets(&o.levels), site.expected_levels("/", 3, true));
+    }
+}
+
+#[test]
 fn page_budget_gives_a_partial_result() {
     let site = FixtureSite::start();
     let engine = Engine::start(config());
