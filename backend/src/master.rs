@@ -75,9 +75,10 @@ pub fn run_bfs(
     let wall_deadline = wall_deadline_ms(job.deadline);
 
     while levels.len() < depth {
-        let frontier = levels.last().cloned().unwrap_or_default();
+        let last = levels.len() - 1;
+        let frontier_len = levels[last].len();
         let budget_left = spec.max_pages.saturating_sub(fetched) as usize;
-        let take = frontier.len().min(budget_left);
+        let take = frontier_len.min(budget_left);
         if take == 0 {
             return Ok(BfsResult {
                 levels,
@@ -99,7 +100,7 @@ pub fn run_bfs(
                     .send(FetchTask {
                         job: job.key.to_string(),
                         seq,
-                        url: frontier[sent].clone(),
+                        url: levels[last][sent].clone(),
                         deadline_ms: wall_deadline,
                     })
                     .map_err(|e| JobFailure::new("backend_unavailable", e.to_string()))?;
@@ -127,7 +128,7 @@ pub fn run_bfs(
 
         // The seed itself refused by the SSRF guard is the client's error,
         // not an empty site.
-        if levels.len() == 1 {
+        if last == 0 {
             if let Some(Some(r)) = replies.first() {
                 if r.reason.as_deref() == Some("private_address") {
                     return Err(JobFailure::new(
@@ -157,7 +158,7 @@ pub fn run_bfs(
 
         let stopped = if timed_out {
             Some(PARTIAL_DEADLINE)
-        } else if take < frontier.len() {
+        } else if take < frontier_len {
             Some(PARTIAL_BUDGET)
         } else {
             None

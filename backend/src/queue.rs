@@ -7,6 +7,7 @@
 //! `crawl.tasks` queue with a per-master reply queue, a later adapter).
 //! [`FetchTask`] and [`FetchReply`] are serde types for that reason.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -181,7 +182,10 @@ impl WorkerPool {
                             let answer = if task.deadline_ms != 0 && now_ms() > task.deadline_ms {
                                 FetchReply::failed(&task, "expired")
                             } else {
-                                worker.handle(&task)
+                                // A parser bug on some page must cost that
+                                // page, not a worker thread.
+                                catch_unwind(AssertUnwindSafe(|| worker.handle(&task)))
+                                    .unwrap_or_else(|_| FetchReply::failed(&task, "internal_error"))
                             };
                             // The master may have given up on the job.
                             let _ = reply.send(answer);
