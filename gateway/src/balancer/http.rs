@@ -47,7 +47,9 @@ fn handle(shared: &Shared, request: Request, rng: &mut fastrand::Rng) {
     let started = Instant::now();
     let path = request.url().split('?').next().unwrap_or("");
     let (route, reply) = match (request.method(), path) {
-        (Method::Get | Method::Head, "/v1/gateway") => ("/v1/gateway", place(shared, rng)),
+        (Method::Get, "/v1/gateway") => ("/v1/gateway", place(shared, rng)),
+        // A probe must not count as a placement.
+        (Method::Head, "/v1/gateway") => ("/v1/gateway", probe(shared)),
         (Method::Get | Method::Head, "/v1/gateways") => ("/v1/gateways", list(shared)),
         (Method::Get | Method::Head, "/metrics") => ("/metrics", metrics(shared)),
         (Method::Get | Method::Head, "/healthz") => ("/healthz", health(shared)),
@@ -121,6 +123,18 @@ fn place(shared: &Shared, rng: &mut fastrand::Rng) -> Reply {
                 "no ready gateway with free capacity; retry shortly",
             )
         }
+    }
+}
+
+fn probe(shared: &Shared) -> Reply {
+    match shared.usable_view() {
+        Ok(view) if !view.candidates.is_empty() => Reply::json(200, json!({})),
+        Ok(_) => Reply::error(503, "no_gateway", "no ready gateway with free capacity"),
+        Err(Unusable::RegistryUnavailable) => Reply::error(
+            503,
+            "registry_unavailable",
+            "no recent view of the gateways",
+        ),
     }
 }
 
