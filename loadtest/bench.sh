@@ -68,7 +68,7 @@ case "${1:-}" in
       URLS+=(--url "ws://127.0.0.1:$((5561 + 2 * i))/ws"); GWS+=(--server-pid "$GW_PID")
     done
     "$LT" "${URLS[@]}" "${GWS[@]}" --label 6-gateways --processes 6 \
-      --connections 100000 --rate 5000 --hold 60s --settle 5s --active 0.01 --message-rate 1 \
+      --connections 100000 --rate 5000 --max-pending 600 --hold 60s --settle 5s --active 0.01 --message-rate 1 \
       --report "$OUT/100k.json" --chart "$OUT/100k.svg" ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -104,13 +104,28 @@ pub fn svg(report: &Report) -> String {
                 fmt_num(v_max * frac)
             );
         }
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}" text-anchor="end">{} s</text>"#,
-            W - RIGHT,
-            y0 + PANEL_H + 14.0,
-            fmt_num(t_max)
-        );
+        for k in 0..=4 {
+            let t = t_max * k as f64 / 4.0;
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{} s</text>"#,
+                LEFT + plot_w * k as f64 / 4.0,
+                y0 + PANEL_H + 14.0,
+                fmt_num(t)
+            );
+        }
+        // Dashed line where each run's hold phase starts.
+        for (i, r) in report.runs.iter().enumerate() {
+            if let Some(s) = r.timeline.iter().find(|s| s.phase == "hold") {
+                let x = LEFT + plot_w * s.t / t_max;
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{}" stroke="{}" stroke-dasharray="4 3"/>"#,
+                    y0 + PANEL_H,
+                    COLORS[i % 4]
+                );
+            }
+        }
         for (i, r) in report.runs.iter().enumerate() {
             let pts: Vec<String> = r
                 .timeline

@@ -110,6 +110,8 @@ struct Live {
     gone: Vec<bool>,
     notes: Vec<String>,
     rtt_second: Histogram<u64>,
+    /// Round trips reported during the hold phase only (tick granularity).
+    rtt_hold: Histogram<u64>,
     timeline: Vec<Sample>,
     prev: Counters,
     prev_at: Instant,
@@ -133,6 +135,7 @@ impl Live {
             gone: vec![false; workers],
             notes: Vec::new(),
             rtt_second: new_histogram(),
+            rtt_hold: new_histogram(),
             timeline: Vec::new(),
             prev: Counters::default(),
             prev_at: now,
@@ -191,6 +194,9 @@ impl Live {
                 self.open[worker] = open;
                 self.pending[worker] = pending;
                 add_pairs(&mut self.rtt_second, &rtt);
+                if self.phase == "hold" {
+                    add_pairs(&mut self.rtt_hold, &rtt);
+                }
             }
             Ok(WorkerMsg::Ramped {
                 worker,
@@ -507,6 +513,7 @@ pub fn run(
         hold_seconds,
         handshake: report::latency(&handshake),
         rtt: report::latency(&rtt),
+        rtt_hold: report::latency(&live.rtt_hold),
         sent_per_sec: rate(at_hold_end.sent - at_hold_start.sent, hold_seconds),
         answers_per_sec: rate(
             at_hold_end.answers() - at_hold_start.answers(),

@@ -142,7 +142,9 @@ pub struct RunReport {
     pub peak_open: u64,
     pub hold_seconds: f64,
     pub handshake: Latency,
+    /// Round trips over the whole run, and during the hold only.
     pub rtt: Latency,
+    pub rtt_hold: Latency,
     /// Rates over the hold window.
     pub sent_per_sec: f64,
     pub answers_per_sec: f64,

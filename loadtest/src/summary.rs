@@ -79,6 +79,7 @@ fn run(r: &RunReport, out: &mut String) {
     );
     let _ = writeln!(out, "handshake    {}", lat(&r.handshake));
     let _ = writeln!(out, "round trip   {}", lat(&r.rtt));
+    let _ = writeln!(out, "  in hold    {}", lat(&r.rtt_hold));
     let _ = writeln!(
         out,
         "messages     sent {} ({:.0}/s in hold), answers {} ({:.0}/s), accepted {}, results {} ({:.0}/s), \

@@ -49,7 +49,11 @@ fn start(bin: &Path, args: &[&str]) -> Server {
         url.starts_with("ws://127.0.0.1:"),
         "unexpected server line {line:?}"
     );
-    Server { child, url }
+    let admin = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .map(str::to_string);
+    Server { child, url, admin }
 }
 
 /// Run the load tester and return its JSON report.
@@ -76,8 +80,6 @@ fn loadtest(url: &str, probe: &[&str], extra: &[&str], name: &str) -> Value {
         "0.5",
         "--message-rate",
         "4",
-        "--server-pid",
-        &pid,
         "--quiet",
         "--ramp-timeout",
         "30s",
