@@ -142,6 +142,16 @@ fn cluster_up_status_down() {
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         let mut ws = ws_connect(v["url"].as_str().unwrap()).unwrap();
         ws_ping(&mut ws, "via-balancer").unwrap();
+        // `status` shows the registry too.
+        let out = cluster.run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for id in ["gw-1", "gw-2"] {
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("gateway") && l.contains(id) && l.contains("ready")),
+                "{id} in the registry listing: {text}"
+            );
+        }
     } else {
         eprintln!("note: gateway without --public-url; balancer path not checked");
     }

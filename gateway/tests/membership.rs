@@ -300,3 +300,46 @@ fn draining_flag_of_the_load_source_is_written_at_once() {
         t.elapsed()
     );
 }
+
+#[test]
+fn gateway_status_binary_lists_a_namespace() {
+    let redis = RedisServer::start();
+    let namespace = unique_prefix("statusbin").replace(':', "-");
+    let prefix = gateway::membership::namespace_prefix(&namespace);
+    let _gw =
+        Heartbeat::start(config(&redis, &prefix, Role::Gateway, "gw-9"), fixed(4, 8)).unwrap();
+    let _w = Heartbeat::start(config(&redis, &prefix, Role::Worker, "w-9"), fixed(1, 2)).unwrap();
+    let mut conn = redis.conn();
+    assert!(wait_until(Duration::from_secs(3), || {
+        list_nodes(&mut conn, &prefix, None).unwrap().nodes.len() == 2
+    }));
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway-status"))
+            .args(["--redis-url", &redis.url(), "--namespace", &namespace])
+            .args(extra)
+            .output()
+            .expect("gateway-status runs")
+    };
+    let out = run(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gateway") && l.contains("gw-9") && l.contains("4/8 (50%)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("worker") && l.contains("w-9")),
+        "{text}"
+    );
+    let out = run(&["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2));
+    // Another namespace sees nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-status"))
+        .args(["--redis-url", &redis.url(), "--namespace", "other"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no live nodes\n");
+}
