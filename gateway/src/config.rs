@@ -132,6 +132,12 @@ pub struct Config {
     /// masters' and workers' `--namespace`.
     #[arg(long, env = "GATEWAY_NAMESPACE", default_value = "")]
     pub namespace: String,
+
+    /// Websocket URL the balancer hands to clients (default
+    /// `ws://<bound --listen>/ws`). Giving it, or choosing the amqp backend,
+    /// turns on the registry heartbeat to `--redis-url`.
+    #[arg(long, env = "GATEWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl Config {

@@ -60,9 +60,26 @@ fn run(config: Config) -> std::io::Result<()> {
         };
         Ok(backend)
     })?;
-    let admin = gateway::admin::spawn(config.admin, metrics, status)?;
+    let admin = gateway::admin::spawn(config.admin, metrics, status.clone())?;
+    let ws_addr = reactor.handle().local_addr;
+    let _heartbeat = if config.public_url.is_some() || matches!(config.backend, BackendKind::Amqp) {
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{ws_addr}/ws"));
+        let prefix = gateway::membership::namespace_prefix(&config.namespace);
+        Some(gateway::membership::start_gateway_heartbeat(
+            &config.redis_url,
+            &prefix,
+            status,
+            admin,
+            public_url,
+        )?)
+    } else {
+        None
+    };
     gateway::shutdown::on_signals_drain(reactor.handle())?;
-    let ws = reactor.handle().local_addr;
+    let ws = ws_addr;
     info!(node = %node_id, backend = backend_name, %ws, %admin, "gateway listening");
     // One machine-readable line on stdout, for scripts and tests that start
     // the gateway on port 0.

@@ -430,7 +430,8 @@ fn a_handshake_that_never_completes_is_dropped() {
     let addr = gw.ws.trim_start_matches("ws://").trim_end_matches("/ws");
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "no response to half a request");
