@@ -1,5 +1,5 @@
-//! The RabbitMQ side of the distributed mode: names, topology, wire messages
-//! and reconnect backoff, shared by the gateway's `amqp` adapter and the
+//! The RabbitMQ side of the distributed mode: names, topology and wire
+//! messages, shared by the gateway's `amqp` adapter and the
 //! `backend master` / `backend worker` processes.
 //!
 //! Topology (every name prefixed with the namespace, so that parallel test
@@ -113,48 +113,6 @@ pub struct StoredResult {
     pub key: String,
     /// `None` while the job runs.
     pub event: Option<JobEvent>,
-}
-
-/// Capped exponential backoff with full jitter, for reconnects to RabbitMQ
-/// and Redis: many processes losing a broker at once must not come back in
-/// lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt: uniform in [d/2, d] where d
-    /// doubles per failure up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = exp / 2;
-        half + Duration::from_micros(fastrand::u64(0..=half.as_micros() as u64))
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-    }
 }
 
 /// A tokio runtime on `threads` dedicated threads named `name-N`, for lapin.
@@ -292,17 +250,5 @@ mod tests {
         assert_eq!(d.jobs(), "crawl.jobs");
         assert_eq!(d.dead(), "crawl.jobs.dead");
         assert_eq!(d.redis_prefix(), "");
-    }
-
-    #[test]
-    fn backoff_is_capped_and_jittered() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..40 {
-            assert!(b.next_delay() <= Duration::from_secs(2));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

@@ -24,7 +24,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use tokio::sync::mpsc;
 
-use crate::amqp::{self, Backoff, JobMsg, Names, ResultMsg};
+use crate::amqp::{self, JobMsg, Names, ResultMsg};
+use crate::backoff::Backoff;
 
 /// Called with each result message for this gateway.
 pub type OnResult = Arc<dyn Fn(ResultMsg) + Send + Sync>;

@@ -23,11 +23,15 @@
 //! every URL one spelling.
 //!
 //! The distributed mode reuses all of it: [`amqp`] (topology, wire
-//! messages, backoff), [`redis_store`] (shared cache, result store, leases
-//! with fencing) and [`cluster`] (the `backend master` and `backend worker`
+//! messages), [`redis_store`] (shared cache, result store, leases with
+//! fencing) and [`cluster`] (the `backend master` and `backend worker`
 //! processes); [`gateway_link`] is the gateway's side of the broker.
+//! [`membership`] is the Redis registry every gateway, master and worker
+//! heartbeats into, and [`backoff`] the one reconnect backoff of the
+//! workspace.
 
 pub mod amqp;
+pub mod backoff;
 pub mod cache;
 pub mod cluster;
 pub mod engine;
@@ -36,6 +40,7 @@ pub mod gateway_link;
 pub mod guard;
 pub mod job;
 pub mod master;
+pub mod membership;
 pub mod queue;
 pub mod redis_store;
 pub mod robots;

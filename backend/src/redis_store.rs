@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::Script;
 
-use crate::amqp::{Backoff, StoredResult};
+use crate::amqp::StoredResult;
+use crate::backoff::Backoff;
 use crate::cache::{CachedCrawl, ResultCache};
 
 /// One lazily (re)connected Redis connection.

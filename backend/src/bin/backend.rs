@@ -2,6 +2,11 @@
 //! processes, meeting through RabbitMQ (`crawl.jobs`, `crawl.tasks`) and
 //! Redis (cache, result store, leases). See `backend::cluster`.
 //!
+//! Masters and workers heartbeat into the membership registry at
+//! `--redis-url` under `--namespace` (see `backend::membership`), so
+//! `gateway-status` lists them; SIGTERM or SIGINT removes the record and
+//! exits.
+//!
 //! Every flag can also be given as a `BACKEND_*` environment variable.
 
 use std::process::ExitCode;
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
             names: Names::new(&a.common.namespace),
             engine: engine(&a.common),
             amqp_url: a.common.amqp_url,
+            redis_url: a.common.redis_url,
             concurrency: a.concurrency,
         }),
     };

@@ -1,8 +1,7 @@
 //! The gateway's own heartbeat: the glue between [`crate::status::Status`]
 //! (open connections, limit, draining) and the generic [`Heartbeat`].
 
-use super::heartbeat::{Heartbeat, HeartbeatConfig, Load};
-use super::record::Role;
+use super::{Heartbeat, HeartbeatConfig, Load, Role};
 use crate::status::Status;
 use std::io;
 use std::net::SocketAddr;

@@ -9,9 +9,9 @@
 //! at once); [`Heartbeat::notify`] forces a write now, and
 //! [`Heartbeat::shutdown`] deletes the record on a clean exit.
 
-use super::backoff::Backoff;
 use super::record::{index_key, record_key, NodeRecord, NodeState, Role};
 use super::registry::{connect, redis_time_ms};
+use crate::backoff::Backoff;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

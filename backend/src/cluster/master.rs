@@ -1,10 +1,9 @@
-//! The `backend master` and `backend worker` processes: the crawl engine
-//! spread over RabbitMQ, with Redis for the cache, leases and results.
+//! The `backend master` process: runs crawl jobs from `crawl.jobs`.
 //!
 //! A master consumes `crawl.jobs` (small prefetch, manual acks) and runs
 //! each job with the same [`Engine`] as the embedded mode, but over an
-//! [`AmqpTaskQueue`] (tasks to `crawl.tasks`, replies to the master's own
-//! queue) and a [`RedisCache`]. Per job it:
+//! [`AmqpTaskQueue`] (fetches done by workers) and a [`RedisCache`] shared
+//! by every master and gateway. Per job it:
 //!
 //! 1. counts the delivery (Redis); past `max_attempts` the job is poison:
 //!    it goes to `crawl.jobs.dead` with the reason and its gateway gets an
@@ -19,22 +18,14 @@
 //!    runner's commit is refused), publishes it to the gateway's queue with
 //!    a publisher confirm, and only then acks the job.
 //!
-//! A worker consumes `crawl.tasks` with prefetch = concurrency and manual
-//! acks, fetches with [`Worker`], replies to the task's `reply_to`, then
-//! acks: a worker killed mid-task leaves the task unacked and the broker
-//! redelivers it.
-//!
-//! lapin runs on a tokio runtime owned by the process; the blocking crawl
-//! code runs on tokio's blocking threads and reaches the broker through
-//! `Handle::block_on`.
+//! The master keeps a heartbeat record in the registry (load = jobs in
+//! flight, capacity = `--jobs`).
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
@@ -42,15 +33,16 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use crate::amqp::{self, Backoff, JobMsg, Names, ResultMsg, StoredResult};
+use super::presence::{self, InFlight, Presence};
+use super::task_queue::{route_replies, AmqpTaskQueue, Router};
+use super::{sessions_until_signal, SessionError};
+use crate::amqp::{self, JobMsg, Names, ResultMsg, StoredResult};
 use crate::engine::{Engine, EngineConfig};
 use crate::job::{JobEvent, JobFailure};
-use crate::queue::{FetchReply, FetchTask, QueueError, TaskChannel, TaskQueue};
+use crate::membership::Role;
 use crate::redis_store::{Coordination, Lease, LeaseAttempt, RedisCache};
-use crate::worker::Worker;
 
 /// Settings of a master process.
 #[derive(Debug, Clone)]
@@ -67,24 +59,10 @@ pub struct MasterConfig {
     pub max_attempts: u64,
 }
 
-/// Settings of a worker process.
-#[derive(Debug, Clone)]
-pub struct WorkerNodeConfig {
-    pub amqp_url: String,
-    pub names: Names,
-    pub node_id: String,
-    /// Tasks fetched at once (the `crawl.tasks` prefetch).
-    pub concurrency: u16,
-    pub engine: EngineConfig,
-}
-
-type SessionError = Box<dyn std::error::Error + Send + Sync>;
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
-/// Runs a master until the process is killed, reconnecting with backoff.
+/// Runs a master, reconnecting with backoff, until SIGTERM or SIGINT; then
+/// removes its registry record and returns. Jobs still running are
+/// abandoned unacked: the broker redelivers them and their leases run out,
+/// exactly as if the master had been killed.
 pub fn run_master(cfg: MasterConfig) -> std::io::Result<()> {
     let rt = amqp::runtime("master-amqp", 2)?;
     let prefix = cfg.names.redis_prefix();
@@ -94,20 +72,25 @@ pub fn run_master(cfg: MasterConfig) -> std::io::Result<()> {
         &prefix,
         cfg.engine.cache_ttl,
     ));
+    let in_flight = InFlight::default();
+    let heartbeat = presence::start(
+        Presence {
+            redis_url: &cfg.redis_url,
+            key_prefix: prefix,
+            role: Role::Master,
+            id: &cfg.node_id,
+            capacity: u64::from(cfg.jobs.max(1)),
+        },
+        &in_flight,
+    );
     let cfg = Arc::new(cfg);
-    rt.block_on(async move {
-        let mut backoff = Backoff::default();
-        loop {
-            let started = Instant::now();
-            if let Err(e) = master_session(cfg.clone(), coord.clone(), cache.clone()).await {
-                tracing::warn!(error = %e, "master lost the broker");
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff.reset();
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-    })
+    let signal = rt.block_on(sessions_until_signal("master", || {
+        master_session(cfg.clone(), coord.clone(), cache.clone(), in_flight.clone())
+    }));
+    tracing::info!(node = %cfg.node_id, signal, "master stopping");
+    presence::stop(heartbeat);
+    rt.shutdown_timeout(Duration::from_millis(500));
+    Ok(())
 }
 
 /// What every job handler of one broker session shares.
@@ -125,6 +108,7 @@ async fn master_session(
     cfg: Arc<MasterConfig>,
     coord: Arc<Coordination>,
     cache: Arc<RedisCache>,
+    in_flight: InFlight,
 ) -> Result<(), SessionError> {
     let conn = amqp::connect(&cfg.amqp_url, &format!("master {}", cfg.node_id)).await?;
     let publish = conn.create_channel().await?;
@@ -137,7 +121,7 @@ async fn master_session(
     let replies_ch = conn.create_channel().await?;
     let reply_queue = cfg.names.master_replies(&cfg.node_id);
     amqp::declare_reply_queue(&replies_ch, &reply_queue).await?;
-    let mut replies = replies_ch
+    let replies = replies_ch
         .basic_consume(
             reply_queue.as_str().into(),
             "".into(),
@@ -148,31 +132,17 @@ async fn master_session(
             FieldTable::default(),
         )
         .await?;
-    let router: Router = Arc::new(Mutex::new(HashMap::new()));
-    let r = router.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(delivery)) = replies.next().await {
-            match serde_json::from_slice::<FetchReply>(&delivery.data) {
-                Ok(reply) => {
-                    if let Some(tx) = r.lock().get(&reply.job) {
-                        let _ = tx.send(reply);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "malformed fetch reply dropped"),
-            }
-        }
-    });
+    let router: Router = Arc::default();
+    route_replies(replies, router.clone());
 
     let tasks = conn.create_channel().await?;
-    let queue = AmqpTaskQueue {
-        inner: Arc::new(TaskQueueInner {
-            channel: tasks,
-            tasks: cfg.names.tasks(),
-            reply_queue,
-            router,
-            handle: Handle::current(),
-        }),
-    };
+    let queue = AmqpTaskQueue::new(
+        tasks,
+        cfg.names.tasks(),
+        reply_queue,
+        router,
+        Handle::current(),
+    );
     let engine = Engine::with_parts(cfg.engine.clone(), Arc::new(queue), cache);
 
     let jobs_ch = conn.create_channel().await?;
@@ -199,7 +169,11 @@ async fn master_session(
     while let Some(delivery) = jobs.next().await {
         let delivery = delivery?;
         let ctx = ctx.clone();
-        tokio::task::spawn_blocking(move || ctx.handle_job(delivery));
+        let busy = in_flight.enter();
+        tokio::task::spawn_blocking(move || {
+            let _busy = busy;
+            ctx.handle_job(delivery)
+        });
     }
     Err("the broker ended the consumer".into())
 }
@@ -482,234 +456,4 @@ impl MasterCtx {
         });
         running
     }
-}
-
-type Router = Arc<Mutex<HashMap<String, Sender<FetchReply>>>>;
-
-struct TaskQueueInner {
-    channel: Channel,
-    tasks: String,
-    reply_queue: String,
-    router: Router,
-    handle: Handle,
-}
-
-/// [`TaskQueue`] over RabbitMQ: tasks to `crawl.tasks` with `reply_to` set
-/// to this master's reply queue; replies routed back by task job key.
-#[derive(Clone)]
-pub struct AmqpTaskQueue {
-    inner: Arc<TaskQueueInner>,
-}
-
-impl TaskQueue for AmqpTaskQueue {
-    fn open(&self) -> Result<Box<dyn TaskChannel>, QueueError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        Ok(Box::new(AmqpTaskChannel {
-            inner: self.inner.clone(),
-            job: None,
-            tx,
-            rx,
-        }))
-    }
-}
-
-struct AmqpTaskChannel {
-    inner: Arc<TaskQueueInner>,
-    job: Option<String>,
-    tx: Sender<FetchReply>,
-    rx: Receiver<FetchReply>,
-}
-
-impl TaskChannel for AmqpTaskChannel {
-    fn send(&mut self, task: FetchTask) -> Result<(), QueueError> {
-        if self.job.as_deref() != Some(task.job.as_str()) {
-            self.inner
-                .router
-                .lock()
-                .insert(task.job.clone(), self.tx.clone());
-            self.job = Some(task.job.clone());
-        }
-        let body = serde_json::to_vec(&task).map_err(|e| QueueError(e.to_string()))?;
-        let inner = &self.inner;
-        inner
-            .handle
-            .block_on(inner.channel.basic_publish(
-                "".into(),
-                inner.tasks.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                amqp::transient().with_reply_to(inner.reply_queue.as_str().into()),
-            ))
-            .map(|_| ())
-            .map_err(|e| QueueError(e.to_string()))
-    }
-
-    fn recv_until(&mut self, deadline: Instant) -> Result<Option<FetchReply>, QueueError> {
-        // Wait in slices so a lost broker ends the job at once (to be
-        // redelivered) rather than at its deadline with a partial answer.
-        loop {
-            let slice = deadline.min(Instant::now() + Duration::from_millis(250));
-            match self.rx.recv_deadline(slice) {
-                Ok(r) => return Ok(Some(r)),
-                Err(RecvTimeoutError::Timeout) if slice >= deadline => return Ok(None),
-                Err(RecvTimeoutError::Timeout) => {
-                    if !self.inner.channel.status().connected() {
-                        return Err(QueueError("broker connection lost".into()));
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(QueueError("reply channel closed".into()))
-                }
-            }
-        }
-    }
-}
-
-impl Drop for AmqpTaskChannel {
-    fn drop(&mut self) {
-        if let Some(job) = &self.job {
-            self.inner.router.lock().remove(job);
-        }
-    }
-}
-
-/// Runs a worker until the process is killed, reconnecting with backoff.
-pub fn run_worker(cfg: WorkerNodeConfig) -> std::io::Result<()> {
-    let rt = amqp::runtime("worker-amqp", 2)?;
-    let worker = Arc::new(Worker::new(cfg.engine.worker_config()));
-    let cfg = Arc::new(cfg);
-    rt.block_on(async move {
-        let mut backoff = Backoff::default();
-        loop {
-            let started = Instant::now();
-            if let Err(e) = worker_session(cfg.clone(), worker.clone()).await {
-                tracing::warn!(error = %e, "worker lost the broker");
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff.reset();
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-    })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(ms)
-        .unwrap_or(0)
-}
-
-async fn worker_session(
-    cfg: Arc<WorkerNodeConfig>,
-    worker: Arc<Worker>,
-) -> Result<(), SessionError> {
-    let conn = amqp::connect(&cfg.amqp_url, &format!("worker {}", cfg.node_id)).await?;
-    let ch = conn.create_channel().await?;
-    amqp::declare_shared(&ch, &cfg.names).await?;
-    ch.basic_qos(cfg.concurrency.max(1), BasicQosOptions::default())
-        .await?;
-    let mut tasks = ch
-        .basic_consume(
-            cfg.names.tasks().as_str().into(),
-            format!("worker-{}", cfg.node_id).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    tracing::info!(node = %cfg.node_id, concurrency = cfg.concurrency, "worker consuming tasks");
-    while let Some(delivery) = tasks.next().await {
-        let delivery = delivery?;
-        let (worker, ch) = (worker.clone(), ch.clone());
-        tokio::spawn(async move {
-            let task: FetchTask = match serde_json::from_slice(&delivery.data) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed task dropped");
-                    let _ = delivery
-                        .nack(BasicNackOptions {
-                            requeue: false,
-                            ..BasicNackOptions::default()
-                        })
-                        .await;
-                    return;
-                }
-            };
-            let Some(reply_to) = delivery
-                .properties
-                .reply_to()
-                .as_ref()
-                .map(|s| s.to_string())
-            else {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-                return;
-            };
-            let reply = if task.deadline_ms != 0 && now_ms() > task.deadline_ms {
-                FetchReply::failed(&task, "expired")
-            } else {
-                let t = task.clone();
-                match tokio::task::spawn_blocking(move || worker.handle(&t)).await {
-                    Ok(r) => r,
-                    Err(_) => FetchReply::failed(&task, "internal_error"),
-                }
-            };
-            let Ok(body) = serde_json::to_vec(&reply) else {
-                return;
-            };
-            let sent = ch
-                .basic_publish(
-                    "".into(),
-                    reply_to.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    amqp::transient(),
-                )
-                .await;
-            if sent.is_ok() {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-        });
-    }
-    Err("the broker ended the consumer".into())
-}
-
-/// A job in the dead-letter queue, as `backend dead-letters` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct DeadLetter {
-    pub key: Option<String>,
-    pub reason: Option<String>,
-    pub body: String,
-}
-
-/// Reads the dead-letter queue without consuming it (the messages are
-/// returned to the queue when the channel closes unacked).
-pub fn list_dead_letters(amqp_url: &str, names: &Names) -> Result<Vec<DeadLetter>, SessionError> {
-    let rt = amqp::runtime("dead-letters", 1)?;
-    rt.block_on(async {
-        let conn = amqp::connect(amqp_url, "dead-letters").await?;
-        let ch = conn.create_channel().await?;
-        amqp::declare_shared(&ch, names).await?;
-        let mut out = Vec::new();
-        while let Some(m) = ch
-            .basic_get(
-                names.dead().as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: false },
-            )
-            .await?
-        {
-            let d = &m.delivery;
-            out.push(DeadLetter {
-                key: d
-                    .properties
-                    .correlation_id()
-                    .as_ref()
-                    .map(|s| s.to_string()),
-                reason: amqp::header(&d.properties, "x-reason"),
-                body: String::from_utf8_lossy(&d.data).into_owned(),
-            });
-        }
-        let _ = ch.close(200, "done".into()).await;
-        let _ = conn.close(200, "done".into()).await;
-        Ok(out)
-    })
 }
