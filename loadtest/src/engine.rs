@@ -3,13 +3,13 @@
 //! timers (handshake deadlines, message sends, reconnects) from one binary
 //! heap, hands readiness to `Conn`, and emits a `Tick` every second.
 
-use crate::backoff::Backoff;
 use crate::conn::{io_reason, Conn, Outcome, Phase, Shared};
 use crate::probe;
 use crate::rng::Rng;
 use crate::scenario::{MessageKind, Targets, WorkerSpec};
 use crate::stats::{new_histogram, record_us, to_pairs, WorkerMsg};
 use crate::target::{ask_balancer, http_agent, Assignment, Target};
+use backend::backoff::Backoff;
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -127,10 +127,10 @@ impl Engine {
             readbuf: vec![0; 64 * 1024],
             scratch: Vec::with_capacity(512),
         };
-        let backoff = Backoff {
-            base: Duration::from_millis(sc.backoff_base_ms),
-            cap: Duration::from_millis(sc.backoff_max_ms),
-        };
+        let backoff = Backoff::new(
+            Duration::from_millis(sc.backoff_base_ms),
+            Duration::from_millis(sc.backoff_max_ms),
+        );
         let engine = Engine {
             poll,
             conns,
@@ -526,7 +526,9 @@ impl Engine {
             return;
         }
         let conn = &mut self.conns[slot];
-        let delay = self.backoff.delay(conn.attempt, &mut self.sh.rng);
+        // Per-connection attempt counter and the worker's seeded generator, so
+        // a run's reconnect schedule is reproducible from `--seed`.
+        let delay = self.backoff.delay_at(conn.attempt, self.sh.rng.next_f64());
         conn.attempt = conn.attempt.saturating_add(1);
         let gen = conn.gen;
         self.timers.push(Reverse(Timer {

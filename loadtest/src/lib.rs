@@ -7,7 +7,6 @@
 //! and the kernel (`probe`), aggregates (`report`), prints (`summary`) and
 //! draws (`chart`). The binary `tokio-peer` is the comparison server.
 
-pub mod backoff;
 pub mod chart;
 pub mod cli;
 pub mod conn;

@@ -240,7 +240,7 @@ fn broker_cut_loses_no_accepted_job() {
 fn jobs_complete_without_redis() {
     let ns = namespace("redis-down");
     let site = FixtureSite::start();
-    let mut redis = OwnRedis::start();
+    let mut redis = RedisServer::start();
     let r = redis.url();
     let args = ["--redis-url", r.as_str()];
     let _w = worker(&ns, "w1", &[]);

@@ -1,109 +1,16 @@
-//! Helpers shared by the membership, balancer and cluster tests: a private
-//! `redis-server` on a spare port (never the shared one), spare ports, and a
-//! small HTTP GET.
+//! Helpers shared by the membership, balancer and cluster tests: a real
+//! gateway process, websocket and HTTP clients, HAProxy. The private
+//! `redis-server`, spare ports, unique prefixes, polling and temp dirs are
+//! the workspace-wide ones from `cluster_tests::support`, re-exported.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+// Each test binary uses a different subset of the re-exports.
+#[allow(unused_imports)]
+pub use cluster_tests::support::{spare_port, unique_prefix, wait_until, RedisServer, TempDir};
+
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A port nobody listens on right now.
-pub fn spare_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no spare port")
-}
-
-/// A unique key prefix so tests sharing a Redis never collide.
-pub fn unique_prefix(test: &str) -> String {
-    format!("test:{test}:{}:{}:", std::process::id(), fastrand::u32(..))
-}
-
-/// A throwaway `redis-server` without persistence, killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    /// Starts one on a spare port and waits until it answers.
-    pub fn start() -> RedisServer {
-        Self::start_on(spare_port())
-    }
-
-    /// Starts one on `port` (to restart a stopped one on the same address).
-    pub fn start_on(port: u16) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("redis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let server = RedisServer {
-            port,
-            child: Some(child),
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = redis::Client::open(server.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return server;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A fresh connection.
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("connect to test redis")
-    }
-
-    /// Kills the server and waits for the port to close.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use std::time::Duration;
 
 /// GET `url`, returning status and body; never an error for 4xx/5xx.
 pub fn http_get(url: &str) -> Result<(u16, String), String> {
@@ -119,20 +26,6 @@ pub fn http_get(url: &str) -> Result<(u16, String), String> {
         .read_to_string()
         .map_err(|e| e.to_string())?;
     Ok((status, body))
-}
-
-/// Polls `f` every 20 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A real `gateway` process on ports chosen by the kernel; killed on drop.
@@ -307,27 +200,6 @@ pub struct Haproxy {
     pub front: u16,
     pub stats: u16,
     _dir: TempDir,
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u32(..)
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 impl Haproxy {
