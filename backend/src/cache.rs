@@ -163,10 +163,12 @@ impl ResultCache for MemoryCache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn crawl(depth: u32, levels: &[&[&str]]) -> CachedCrawl {
+    /// A cached crawl from string literals (also used by the Redis cache's
+    /// tests).
+    pub(crate) fn crawl(depth: u32, levels: &[&[&str]]) -> CachedCrawl {
         CachedCrawl {
             depth,
             levels: levels

@@ -423,6 +423,7 @@ impl Coordination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::tests::crawl;
     use crate::cache::{lookup, Lookup};
     use crate::job::JobEvent;
 
@@ -434,16 +435,6 @@ mod tests {
             .unwrap()
             .as_nanos();
         format!("unit-{test}-{}-{nanos}:", std::process::id())
-    }
-
-    fn crawl(depth: u32, levels: &[&[&str]]) -> CachedCrawl {
-        CachedCrawl {
-            depth,
-            levels: levels
-                .iter()
-                .map(|l| l.iter().map(|s| s.to_string()).collect())
-                .collect(),
-        }
     }
 
     #[test]

@@ -128,15 +128,8 @@ impl Drop for Gateway {
 }
 
 /// Polls `check` until it returns Some, or panics after 10 s.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    cluster_tests::support::wait_for(what, 10, check)
 }
 
 pub fn send_json(client: &mut Client, value: &Value) {
