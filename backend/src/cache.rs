@@ -48,6 +48,18 @@ impl CachedCrawl {
     }
 }
 
+/// The lease a cache write is made under: the job (its lease and epoch
+/// keys) and the fencing epoch the runner was given. A write under an epoch
+/// older than the job's newest is a stale runner's and is refused
+/// (DESIGN.md, "Leases": everything a master writes is tagged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The job id the lease is taken on (the resume token).
+    pub job: String,
+    /// The epoch handed out with the lease.
+    pub epoch: u64,
+}
+
 /// A store of crawl results with a TTL.
 pub trait ResultCache: Send + Sync {
     /// The entry for `key`, refreshing its TTL.
@@ -55,6 +67,14 @@ pub trait ResultCache: Send + Sync {
     /// Stores `entry` unless a deeper one is already there (which then only
     /// has its TTL refreshed).
     fn put(&self, key: &str, entry: CachedCrawl);
+    /// [`put`](Self::put) unless `fence` is stale; false when refused. A
+    /// cache without leases (the embedded one) has nothing to fence against
+    /// and just stores.
+    fn put_fenced(&self, key: &str, entry: CachedCrawl, fence: &Fence) -> bool {
+        let _ = fence;
+        self.put(key, entry);
+        true
+    }
 }
 
 /// The cache key of a job: options that change the answer are part of it.

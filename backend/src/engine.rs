@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::cache::{cache_key, lookup, CachedCrawl, Lookup, MemoryCache, ResultCache};
+use crate::cache::{cache_key, lookup, CachedCrawl, Fence, Lookup, MemoryCache, ResultCache};
 use crate::guard::{self, GuardPolicy};
 use crate::job::{CrawlOutcome, CrawlSpec, JobFailure};
 use crate::master::{run_bfs, BfsJob};
@@ -249,13 +249,26 @@ impl Engine {
         spec: &CrawlSpec,
         progress: &mut dyn FnMut(u32, u32),
     ) -> Result<CrawlOutcome, JobFailure> {
+        self.run_fenced(key, spec, None, progress)
+    }
+
+    /// [`run`](Self::run) under a lease: the cache write at the end is
+    /// fenced by `fence` (a distributed master's epoch), so a runner that
+    /// lost its job to a newer one cannot overwrite the cache either.
+    pub fn run_fenced(
+        &self,
+        key: &str,
+        spec: &CrawlSpec,
+        fence: Option<&Fence>,
+        progress: &mut dyn FnMut(u32, u32),
+    ) -> Result<CrawlOutcome, JobFailure> {
         // Time spent waiting for the turn counts against the job's deadline.
         let started = Instant::now();
         let ckey = cache_key(spec);
         let turn = self.turns.lock().entry(ckey.clone()).or_default().clone();
         let result = {
             let _turn = turn.lock();
-            self.run_in_turn(key, spec, &ckey, started, progress)
+            self.run_in_turn(key, spec, &ckey, fence, started, progress)
         };
         let mut turns = self.turns.lock();
         // Clones are taken under this lock: two left means the map's and ours.
@@ -270,6 +283,7 @@ impl Engine {
         key: &str,
         spec: &CrawlSpec,
         ckey: &str,
+        fence: Option<&Fence>,
         started: Instant,
         progress: &mut dyn FnMut(u32, u32),
     ) -> Result<CrawlOutcome, JobFailure> {
@@ -306,13 +320,22 @@ impl Engine {
             "crawl finished"
         );
         if result.partial.is_none() {
-            self.cache.put(
-                ckey,
-                CachedCrawl {
-                    depth: spec.depth,
-                    levels: result.levels.clone(),
-                },
-            );
+            let entry = CachedCrawl {
+                depth: spec.depth,
+                levels: result.levels.clone(),
+            };
+            match fence {
+                None => self.cache.put(ckey, entry),
+                Some(f) => {
+                    if !self.cache.put_fenced(ckey, entry, f) {
+                        tracing::warn!(
+                            job = key,
+                            epoch = f.epoch,
+                            "stale runner: cache write refused"
+                        );
+                    }
+                }
+            }
         }
         Ok(outcome(spec, result.levels, false, result.partial))
     }

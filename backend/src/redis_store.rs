@@ -17,7 +17,8 @@
 //! from `INCR epoch:<job>`; it renews the lease while it runs. Every result
 //! write is a fenced commit: refused when a newer epoch exists, so a stale
 //! runner (paused, partitioned, lease lost) cannot overwrite the answer of
-//! the runner that took over.
+//! the runner that took over. Cache writes made under a lease are fenced the
+//! same way ([`ResultCache::put_fenced`]).
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ use redis::Script;
 
 use crate::amqp::StoredResult;
 use crate::backoff::Backoff;
-use crate::cache::{CachedCrawl, ResultCache};
+use crate::cache::{CachedCrawl, Fence, ResultCache};
 
 /// One lazily (re)connected Redis connection.
 pub struct RedisLink {
@@ -105,8 +106,16 @@ impl RedisLink {
 
 /// Compare-and-set for the cache: write unless the stored entry is deeper
 /// (the same rule as [`CachedCrawl::supersedes`]); otherwise only refresh
-/// its TTL. ARGV: entry JSON, depth, exhausted (0/1), ttl ms.
+/// its TTL. KEYS: entry[, the job's epoch key]. ARGV: entry JSON, depth,
+/// exhausted (0/1), ttl ms[, the writer's epoch]. With the epoch key, a
+/// writer whose epoch is older than the job's newest is refused (-1): the
+/// same fence as the result store's, in the same script so no takeover can
+/// slip between check and write.
 const CACHE_PUT: &str = r#"
+if KEYS[2] then
+  local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if current > tonumber(ARGV[5]) then return -1 end
+end
 local old = redis.call('GET', KEYS[1])
 if old then
   local ok, o = pcall(cjson.decode, old)
@@ -167,19 +176,37 @@ impl ResultCache for RedisCache {
     }
 
     fn put(&self, key: &str, entry: CachedCrawl) {
+        self.store(key, entry, None);
+    }
+
+    fn put_fenced(&self, key: &str, entry: CachedCrawl, fence: &Fence) -> bool {
+        self.store(key, entry, Some(fence))
+    }
+}
+
+impl RedisCache {
+    /// The cache write, fenced or not. False only when refused as stale;
+    /// Redis being down is not a refusal (the write is just lost, as every
+    /// cache write is then).
+    fn store(&self, key: &str, entry: CachedCrawl, fence: Option<&Fence>) -> bool {
         let Ok(json) = serde_json::to_string(&entry) else {
-            return;
+            return true;
         };
         let k = self.key(key);
-        let _: Option<i64> = self.link.lock().run(|c| {
-            self.script
-                .key(&k)
-                .arg(json)
+        let written: Option<i64> = self.link.lock().run(|c| {
+            let mut call = self.script.key(&k);
+            call.arg(json)
                 .arg(entry.depth)
                 .arg(if entry.is_exhausted() { 1 } else { 0 })
-                .arg(ms(self.ttl))
-                .invoke(c)
+                .arg(ms(self.ttl));
+            if let Some(f) = fence {
+                // The key Coordination keeps the job's epochs under.
+                call.key(format!("{}epoch:{}", self.prefix, f.job))
+                    .arg(f.epoch);
+            }
+            call.invoke(c)
         });
+        written != Some(-1)
     }
 }
 
@@ -520,6 +547,26 @@ mod tests {
             Some(true)
         );
         assert_eq!(co.stored("tok"), Some(Some(stored(2))));
+        // The cache is fenced the same way: a's late cache write is refused,
+        // b's (and an unfenced one) goes through.
+        let cache = RedisCache::new(URL, &p, ttl);
+        let entry = |depth| crawl(depth, &[&["s"], &["a"], &["b"], &["c"]]);
+        let fence = |l: &Lease| Fence {
+            job: "job".into(),
+            epoch: l.epoch,
+        };
+        assert!(!cache.put_fenced("ck", entry(3), &fence(&a)));
+        assert_eq!(cache.get("ck"), None, "stale runner wrote the cache");
+        assert!(cache.put_fenced("ck", entry(2), &fence(&b)));
+        assert_eq!(cache.get("ck"), Some(entry(2)));
+        assert!(!cache.put_fenced("ck", entry(3), &fence(&a)));
+        assert_eq!(
+            cache.get("ck"),
+            Some(entry(2)),
+            "stale deeper write refused"
+        );
+        cache.put("ck", entry(3));
+        assert_eq!(cache.get("ck"), Some(entry(3)));
         // a cannot release b's lease; b can.
         co.release(&a);
         assert_eq!(co.acquire("job", "c"), LeaseAttempt::Busy);

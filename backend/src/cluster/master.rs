@@ -15,8 +15,9 @@
 //! 4. runs the engine (which checks the cache first and extends shallower
 //!    cached crawls);
 //! 5. commits the result to the store with its fencing epoch (a stale
-//!    runner's commit is refused), publishes it to the gateway's queue with
-//!    a publisher confirm, and only then acks the job.
+//!    runner's commit is refused; its cache write is fenced the same way),
+//!    publishes it to the gateway's queue with a publisher confirm, and only
+//!    then acks the job.
 //!
 //! The master keeps a heartbeat record in the registry (load = jobs in
 //! flight, capacity = `--jobs`).
@@ -39,6 +40,7 @@ use super::presence::{self, InFlight, Presence};
 use super::task_queue::{route_replies, AmqpTaskQueue, Router};
 use super::{sessions_until_signal, SessionError};
 use crate::amqp::{self, JobMsg, Names, ResultMsg, StoredResult};
+use crate::cache::Fence;
 use crate::engine::{Engine, EngineConfig};
 use crate::job::{JobEvent, JobFailure};
 use crate::membership::Role;
@@ -319,6 +321,11 @@ impl MasterCtx {
         tracing::info!(job = %job.key, url = %job.spec.url, depth = job.spec.depth, epoch, attempts, "job started");
         let renewing = self.keep_renewed(lease.clone());
         let run_key = format!("{}#{}#{}", job.key, self.owner, epoch);
+        // Without a lease (Redis down) there is no epoch to fence with.
+        let fence = lease.as_ref().map(|l| Fence {
+            job: job.token.clone(),
+            epoch: l.epoch,
+        });
         let mut progress = |level: u32, pages: u32| {
             let msg = ResultMsg {
                 key: job.key.clone(),
@@ -338,7 +345,8 @@ impl MasterCtx {
             }
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.engine.run(&run_key, &job.spec, &mut progress)
+            self.engine
+                .run_fenced(&run_key, &job.spec, fence.as_ref(), &mut progress)
         }));
         renewing.store(false, Ordering::Relaxed);
         let event = match result {
