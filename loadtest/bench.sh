@@ -2,9 +2,10 @@
 # Issue 2 / issue 5 benchmarks: starts release gateways (echo backend) and
 # the tokio-tungstenite peer, runs loadtest against them, stops what it
 # started (by pid). Usage:
-#   cargo build --release -p gateway -p loadtest --bins
-#   loadtest/bench.sh idle|cpu|rtt|accept|100k
-# BIN (default target/release) and OUT (default bench-out) may be set.
+#   cargo build --release -p gateway -p loadtest --bins   (gateway, balancer, loadtest, tokio-peer)
+#   loadtest/bench.sh idle|cpu|rtt|accept|100k|100k-balancer
+# BIN (default target/release) and OUT (default bench-out) may be set;
+# GW_FLAGS adds gateway flags (e.g. GW_FLAGS="--ping-interval 600").
 set -euo pipefail
 BIN=${BIN:-target/release}
 OUT=${OUT:-bench-out}
@@ -23,7 +24,7 @@ wait_line() {
 start_gateway() {
   local log="$OUT/gateway-$1.log"
   "$BIN/gateway" --backend echo --max-connections 19500 --listen "127.0.0.1:$1" \
-    --admin "127.0.0.1:$2" "${@:3}" >"$log" 2>&1 &
+    --admin "127.0.0.1:$2" "${@:3}" ${GW_FLAGS:-} >"$log" 2>&1 &
   GW_PID=$!; PIDS+=("$GW_PID")
   wait_line "$log" listening
 }
@@ -59,7 +60,7 @@ case "${1:-}" in
     start_gateway 5555 5556; start_peer
     "$LT" --url ws://127.0.0.1:5555/ws --server-pid "$GW_PID" --label gateway \
       --compare ws://127.0.0.1:5600/ws --compare-pid "$PEER_PID" --compare-label tokio-peer \
-      --connections 19000 --rate 100000 --hold 0s --settle 0s \
+      --connections 19000 --rate 100000 --hold 0s --settle 0s --processes 2 \
       --report "$OUT/accept.json" ;;
   100k) # issue 5 acceptance: 100,000 over 6 gateways and 6 loadtest processes, 1% at 1 ping/s
     URLS=(); GWS=()
@@ -70,5 +71,19 @@ case "${1:-}" in
     "$LT" "${URLS[@]}" "${GWS[@]}" --label 6-gateways --processes 6 \
       --connections 100000 --rate 5000 --max-pending 600 --hold 60s --settle 5s --active 0.01 --message-rate 1 \
       --report "$OUT/100k.json" --chart "$OUT/100k.svg" ;;
+  100k-balancer) # the same through the balancer (gateways heartbeat to Redis at 127.0.0.1:6379)
+    NS="loadtest-$$"; GWS=()
+    for i in 0 1 2 3 4 5; do
+      p=$((5561 + 2 * i))
+      start_gateway "$p" $((p + 1)) --node-id "gw-$i" --namespace "$NS" --public-url "ws://127.0.0.1:$p/ws"
+      GWS+=(--server-pid "$GW_PID")
+    done
+    "$BIN/balancer" --listen 127.0.0.1:8100 --namespace "$NS" >"$OUT/balancer.log" 2>&1 &
+    PIDS+=("$!")
+    # Bounded wait until the balancer hands out gateways (heartbeats are read every second).
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:8100/v1/gateway >/dev/null && break; sleep 0.1; done
+    "$LT" --balancer http://127.0.0.1:8100 "${GWS[@]}" --label balancer-6-gateways --processes 6 \
+      --connections 100000 --rate 5000 --max-pending 600 --hold 60s --settle 5s --active 0.01 --message-rate 1 \
+      --report "$OUT/100k-balancer.json" --chart "$OUT/100k-balancer.svg" ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -406,7 +406,12 @@ pub fn run(
         Instant::now() + Duration::from_millis(sc.settle_ms),
         |_| false,
     );
-    let open_after_ramp: u64 = live.open.iter().sum();
+    // Ticks lag by up to 250 ms; with no settle time the ramp reports are fresher.
+    let open_after_ramp: u64 = live
+        .open
+        .iter()
+        .sum::<u64>()
+        .max(opened_in_ramp.min(sc.connections as u64));
     let rss_after = server.rss();
     let sock_after = probe::sockstat();
 

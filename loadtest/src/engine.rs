@@ -546,9 +546,17 @@ fn spawn_balancer_client(base: String) -> Receiver<Result<Assignment, String>> {
     let (tx, rx) = sync_channel(64);
     std::thread::spawn(move || {
         let agent = http_agent(Duration::from_secs(5));
+        let mut errors = 0u64;
         loop {
             let answer = ask_balancer(&agent, &base);
             let failed = answer.is_err();
+            if let Err(e) = &answer {
+                // The report counts them; the first few are worth reading.
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!("loadtest worker: {e}");
+                }
+            }
             if tx.send(answer).is_err() {
                 return;
             }

@@ -150,7 +150,7 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(
             out,
             "{:<28} {:>14} {:>14} {:>10}",
-            "figure", a.label, b.label, "ratio"
+            "figure", a.label, b.label, "a/b"
         );
         let f = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
         for row in &report.comparison {
