@@ -44,6 +44,9 @@ const WAKER: Token = Token(usize::MAX);
 /// Seconds a connection in `Closing` waits for the client's close frame.
 const CLOSE_GRACE: u32 = 5;
 
+/// How often timers are checked: pings, timeouts, drain steps.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Idle sessions the pool keeps warm.
 const POOLED_SESSIONS: usize = 256;
 
@@ -252,7 +255,7 @@ impl Reactor {
     /// Runs until a drain has finished.
     pub fn run(mut self) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + Duration::from_secs(1);
+        let mut next_tick = Instant::now() + TICK;
         loop {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -281,8 +284,7 @@ impl Reactor {
             }
             if Instant::now() >= next_tick {
                 self.tick();
-                let step = if self.drain.is_some() { 100 } else { 1000 };
-                next_tick = Instant::now() + Duration::from_millis(step);
+                next_tick = Instant::now() + TICK;
                 if self.drain_finished() {
                     info!(node = %self.shared.node_id, "drained, exiting");
                     return Ok(());
@@ -427,6 +429,15 @@ impl Reactor {
             self.accept_paused = false;
             self.accept();
         }
+        // Connections opened in the same second fall quiet in the same
+        // second; pinging them all in one tick stalls everyone else's round
+        // trips. So each tick pings at most twice its share of one interval,
+        // and the rest are pinged in the ticks that follow.
+        let ticks_per_interval =
+            (u64::from(self.ping_interval) * 1000 / TICK.as_millis() as u64).max(1);
+        let mut ping_budget = (self.slots.len() as u64 * 2)
+            .div_ceil(ticks_per_interval)
+            .max(16);
         let mut due = Vec::new();
         for (key, slot) in self.slots.iter() {
             let Slot::Idle(conn) = slot else { continue };
@@ -448,8 +459,11 @@ impl Reactor {
                     Some(Due::Send(Command::Close(CloseKind::IdleTimeout)))
                 }
                 Phase::Open
-                    if !conn.ping_outstanding && now - conn.last_seen >= self.ping_interval =>
+                    if !conn.ping_outstanding
+                        && now - conn.last_seen >= self.ping_interval
+                        && ping_budget > 0 =>
                 {
+                    ping_budget -= 1;
                     Some(Due::Send(Command::Ping))
                 }
                 _ => None,
