@@ -57,8 +57,9 @@ pub struct Cli {
     /// Message kind active connections send.
     #[arg(long, value_enum, default_value = "ping")]
     pub message: MessageKind,
-    /// URL crawl messages ask for.
-    #[arg(long, default_value = "http://127.0.0.1:8000/")]
+    /// URL crawl messages ask for (the gateway refuses private addresses
+    /// unless started with --allow-private).
+    #[arg(long, default_value = "https://example.com/")]
     pub crawl_url: String,
     /// Depth crawl messages ask for.
     #[arg(long, default_value_t = 1)]

@@ -88,6 +88,16 @@ pub struct Engine {
 impl Engine {
     /// Build the engine; `waker` lets another thread interrupt `poll`.
     pub fn new(spec: WorkerSpec) -> io::Result<(Engine, Arc<Waker>)> {
+        if let Some(limit) = probe::open_files_limit() {
+            // A few descriptors go to stdio, epoll, the waker and HTTP.
+            if spec.count as u64 + 32 > limit {
+                return Err(io::Error::other(format!(
+                    "{} sockets need more than this process's open-files limit of {limit}; \
+                     use more --processes",
+                    spec.count
+                )));
+            }
+        }
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let sc = &spec.scenario;

@@ -121,6 +121,13 @@ pub fn self_usage() -> crate::stats::SelfUsage {
     }
 }
 
+/// The soft "Max open files" limit of this process (from /proc/self/limits).
+pub fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// How to observe one server (any combination of pids and admin URLs; the
 /// pids win for memory when both are given).
 #[derive(Debug, Clone, Default)]
@@ -200,5 +207,6 @@ mod tests {
         let u = self_usage();
         assert!(u.rss_bytes > 0);
         assert!(pid_rss(std::process::id()).is_some());
+        assert!(open_files_limit().unwrap_or(0) > 0);
     }
 }

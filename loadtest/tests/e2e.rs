@@ -147,7 +147,7 @@ fn counts_against_tokio_peer() {
     let v = loadtest(
         &peer.url,
         &["--server-pid", &pid],
-        &["--message", "crawl", "--crawl-url", "http://127.0.0.1:9/"],
+        &["--message", "crawl", "--crawl-url", "https://example.com/"],
         "peer-crawl",
     );
     check_counts(&v, "results");
@@ -304,30 +304,29 @@ fn refuses_remote_targets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-remote"));
 }
 
-/// The workspace's gateway binary, next to this test's own target dir
-/// (`<target>/<profile>/deps/e2e-HASH` -> `<target>/<profile>/gateway`),
-/// built with the same cargo if it is not there yet.
+/// The workspace's gateway binary, built (a no-op when fresh) by the cargo
+/// running this test into this test's own target directory
+/// (`<target>/<profile>/deps/e2e-HASH` -> `<target>/<profile>/gateway`), so
+/// the test never runs a stale gateway.
 fn gateway_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
-    let bin = profile_dir.join("gateway");
-    if !bin.exists() {
-        let target_dir = profile_dir.parent().expect("target dir");
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "gateway", "--bin", "gateway"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
-            .env("CARGO_TARGET_DIR", target_dir);
-        if release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build -p gateway");
-        assert!(status.success(), "cargo build -p gateway failed");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "gateway", "--bin", "gateway"])
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
     }
+    let status = cmd.status().expect("running cargo build -p gateway");
+    assert!(status.success(), "cargo build -p gateway failed");
+    let bin = profile_dir.join("gateway");
+    assert!(bin.exists(), "{} missing after the build", bin.display());
     bin
 }
 
@@ -352,7 +351,7 @@ fn counts_against_gateway() {
     let v = loadtest(
         &gw.url,
         &["--server-admin", &admin],
-        &["--message", "crawl", "--crawl-url", "http://127.0.0.1:9/"],
+        &["--message", "crawl", "--crawl-url", "https://example.com/"],
         "gateway-crawl",
     );
     check_counts(&v, "results");
