@@ -181,6 +181,9 @@ pub fn text(out: &mut Vec<u8>, text: &str) {
     encode(out, OpCode::Data(Data::Text), text.as_bytes());
 }
 
+/// A server ping frame with an empty payload, as written on the wire.
+pub const EMPTY_PING: [u8; 2] = [0x89, 0x00];
+
 /// Appends a ping frame with an empty payload.
 pub fn ping(out: &mut Vec<u8>) {
     encode(out, OpCode::Control(Control::Ping), &[]);
@@ -323,6 +326,9 @@ mod tests {
         let mut out = vec![];
         text(&mut out, "hi");
         assert_eq!(out, [0x81, 0x02, b'h', b'i']);
+        out.clear();
+        ping(&mut out);
+        assert_eq!(out, EMPTY_PING);
         out.clear();
         close(&mut out, 1012, "bye");
         assert_eq!(out, [0x88, 0x05, 0x03, 0xf4, b'b', b'y', b'e']);
