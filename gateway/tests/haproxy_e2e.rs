@@ -165,7 +165,7 @@ fn generated_configs_pass_haproxy_check() {
             .args(["-c", "-q", "-f"])
             .arg(&cfg)
             .output()
-            .expect("haproxy installed (scripts/ensure-haproxy)");
+            .expect("haproxy installed (scripts/test installs it)");
         assert!(
             check.status.success(),
             "{}",

@@ -1,5 +1,5 @@
 //! The status page at the admin address, in a real browser (headless
-//! Chromium, Debian's `chromium` package; `scripts/ensure-chromium`):
+//! Chromium, Debian's `chromium` package; installed by `scripts/test`):
 //! it loads, runs its polling script, shows the live connection count and
 //! state, and the count moves when clients connect.
 
@@ -18,7 +18,7 @@ fn chromium() -> String {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-        .unwrap_or_else(|| panic!("no chromium: run scripts/ensure-chromium"))
+        .unwrap_or_else(|| panic!("no chromium: scripts/test installs it"))
         .to_string()
 }
 

@@ -208,7 +208,7 @@ impl Haproxy {
     pub fn start(servers: &[(u16, u16)]) -> Haproxy {
         assert!(
             Command::new("haproxy").arg("-v").output().is_ok(),
-            "haproxy is not installed: run scripts/ensure-haproxy"
+            "haproxy is not installed: scripts/test installs it"
         );
         let (front, stats) = (spare_port(), spare_port());
         let list: Vec<String> = servers.iter().map(|(w, a)| format!("{w}:{a}")).collect();
