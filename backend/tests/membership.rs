@@ -112,7 +112,7 @@ fn masters_and_workers_heartbeat_and_leave_on_sigterm() {
     );
     assert_eq!(w.pid, worker.0.id());
 
-    // The table `gateway-status` prints shows every role.
+    // The table `gateway status` prints shows every role.
     let table = status::render_table(&listing(&redis, &prefix));
     for needle in [
         "gateway",

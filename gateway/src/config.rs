@@ -17,6 +17,18 @@ pub enum BackendKind {
     Amqp,
 }
 
+/// What to do instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print every live gateway, master and worker in the registry
+    /// (`--redis-url`, `--namespace`) with its state, load and age.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "gateway",
@@ -24,6 +36,9 @@ pub enum BackendKind {
     about = "Websocket gateway for long-running crawl jobs"
 )]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the websocket endpoint (`/ws` and `/`) listens on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:5555")]
     pub listen: SocketAddr,
@@ -124,13 +139,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_AMQP_URL", default_value = backend::amqp::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
-    /// amqp backend: Redis for the shared cache and the result store.
-    #[arg(long, env = "GATEWAY_REDIS_URL", default_value = backend::amqp::DEFAULT_REDIS_URL)]
+    /// Redis for the registry heartbeat and, with the amqp backend, the
+    /// shared cache and the result store.
+    #[arg(long, global = true, env = "GATEWAY_REDIS_URL", default_value = backend::amqp::DEFAULT_REDIS_URL)]
     pub redis_url: String,
 
-    /// amqp backend: prefix of queue names and Redis keys; must match the
-    /// masters' and workers' `--namespace`.
-    #[arg(long, env = "GATEWAY_NAMESPACE", default_value = "")]
+    /// Prefix of queue names and Redis keys (registry included); must match
+    /// the masters' and workers' `--namespace`.
+    #[arg(long, global = true, env = "GATEWAY_NAMESPACE", default_value = "")]
     pub namespace: String,
 
     /// Websocket URL the balancer hands to clients (default

@@ -11,7 +11,7 @@ use gateway::backend::amqp::AmqpBackend;
 use gateway::backend::echo::EchoBackend;
 use gateway::backend::embedded::EmbeddedBackend;
 use gateway::backend::Backend;
-use gateway::config::{BackendKind, Config};
+use gateway::config::{BackendKind, Command, Config};
 use gateway::metrics::Metrics;
 use gateway::reactor::Reactor;
 use gateway::status::Status;
@@ -19,6 +19,17 @@ use tracing::{error, info};
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Status { json }) = config.command {
+        let prefix = gateway::membership::namespace_prefix(&config.namespace);
+        return match gateway::membership::status::run_with_prefix(&config.redis_url, &prefix, json)
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gateway status: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

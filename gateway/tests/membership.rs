@@ -302,7 +302,7 @@ fn draining_flag_of_the_load_source_is_written_at_once() {
 }
 
 #[test]
-fn gateway_status_binary_lists_a_namespace() {
+fn gateway_status_lists_a_namespace() {
     let redis = RedisServer::start();
     let namespace = unique_prefix("statusbin").replace(':', "-");
     let prefix = gateway::membership::namespace_prefix(&namespace);
@@ -314,11 +314,17 @@ fn gateway_status_binary_lists_a_namespace() {
         list_nodes(&mut conn, &prefix, None).unwrap().nodes.len() == 2
     }));
     let run = |extra: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_gateway-status"))
-            .args(["--redis-url", &redis.url(), "--namespace", &namespace])
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args([
+                "status",
+                "--redis-url",
+                &redis.url(),
+                "--namespace",
+                &namespace,
+            ])
             .args(extra)
             .output()
-            .expect("gateway-status runs")
+            .expect("gateway status runs")
     };
     let out = run(&[]);
     assert!(out.status.success());
@@ -337,8 +343,14 @@ fn gateway_status_binary_lists_a_namespace() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["nodes"].as_array().map(Vec::len), Some(2));
     // Another namespace sees nothing.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway-status"))
-        .args(["--redis-url", &redis.url(), "--namespace", "other"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "status",
+            "--redis-url",
+            &redis.url(),
+            "--namespace",
+            "other",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no live nodes\n");

@@ -4,7 +4,7 @@
 //!
 //! Masters and workers heartbeat into the membership registry at
 //! `--redis-url` under `--namespace` (see `backend::membership`), so
-//! `gateway-status` lists them; SIGTERM or SIGINT removes the record and
+//! `gateway status` lists them; SIGTERM or SIGINT removes the record and
 //! exits.
 //!
 //! Every flag can also be given as a `BACKEND_*` environment variable.

@@ -16,7 +16,7 @@
 //! - [`dead_letters`]: `backend dead-letters`, reading the dead-letter queue
 //!   without consuming it;
 //! - [`presence`]: the heartbeat record both roles keep in the
-//!   [membership registry](crate::membership), so `gateway-status` lists
+//!   [membership registry](crate::membership), so `gateway status` lists
 //!   them next to the gateways.
 //!
 //! This module holds what master and worker share: the reconnect loop

@@ -1,6 +1,6 @@
 //! Masters and workers in the membership registry: the glue between a
 //! process's in-flight counter and the generic
-//! [`Heartbeat`](crate::membership::Heartbeat), so `gateway-status` shows
+//! [`Heartbeat`](crate::membership::Heartbeat), so `gateway status` shows
 //! every role (the gateway's own glue is `gateway::membership`).
 //!
 //! The record's `connections` is the jobs (master) or tasks (worker) being

@@ -12,7 +12,7 @@
 //! machines (the Crawlab `nodes` trap).
 //!
 //! The reader side ([`list_nodes`]) is shared by the balancer and by the
-//! `gateway-status` command ([`status::run`]).
+//! `gateway status` command ([`status::run`]).
 //!
 //! # Redis layout
 //!

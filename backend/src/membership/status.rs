@@ -1,4 +1,4 @@
-//! `gateway-status` (and `gateway status`): every live node of every role, like `jubactl -c status`.
+//! `gateway status`: every live node of every role, like `jubactl -c status`.
 //!
 //! Prints a table for a person, or the raw listing as JSON (`--json`) for
 //! scripts. A node whose last heartbeat is older than [`STALE_AFTER_MS`] is
