@@ -39,6 +39,7 @@ pub mod extract;
 pub mod gateway_link;
 pub mod guard;
 pub mod job;
+pub mod logging;
 pub mod master;
 pub mod membership;
 pub mod queue;

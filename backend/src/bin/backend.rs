@@ -107,13 +107,7 @@ fn engine(common: &Common) -> EngineConfig {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    backend::logging::init();
     let pid = std::process::id();
     let result = match Cli::parse().role {
         Role::Master(a) => {
