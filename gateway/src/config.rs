@@ -139,10 +139,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_AMQP_URL", default_value = backend::amqp::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
-    /// Redis for the registry heartbeat and, with the amqp backend, the
-    /// shared cache and the result store.
-    #[arg(long, global = true, env = "GATEWAY_REDIS_URL", default_value = backend::amqp::DEFAULT_REDIS_URL)]
-    pub redis_url: String,
+    /// Redis for the registry heartbeat (written whenever this is given, or
+    /// `--public-url`, or the amqp backend) and, with the amqp backend, the
+    /// shared cache and the result store. Default redis://127.0.0.1:6379.
+    #[arg(long, global = true, env = "GATEWAY_REDIS_URL")]
+    pub redis_url: Option<String>,
 
     /// Prefix of queue names and Redis keys (registry included); must match
     /// the masters' and workers' `--namespace`.
@@ -185,12 +186,23 @@ impl Config {
         }
     }
 
+    pub fn redis_url(&self) -> String {
+        self.redis_url
+            .clone()
+            .unwrap_or_else(|| backend::amqp::DEFAULT_REDIS_URL.to_string())
+    }
+
+    /// Whether this gateway announces itself in the Redis registry.
+    pub fn heartbeat(&self) -> bool {
+        self.redis_url.is_some() || self.public_url.is_some() || self.backend == BackendKind::Amqp
+    }
+
     /// The amqp backend's settings.
     pub fn amqp(&self) -> crate::backend::amqp::AmqpConfig {
         let engine = self.engine();
         crate::backend::amqp::AmqpConfig {
             amqp_url: self.amqp_url.clone(),
-            redis_url: self.redis_url.clone(),
+            redis_url: self.redis_url(),
             namespace: self.namespace.clone(),
             node_id: self.node_id(),
             cache_ttl: engine.cache_ttl,

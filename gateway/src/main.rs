@@ -21,8 +21,11 @@ fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Status { json }) = config.command {
         let prefix = gateway::membership::namespace_prefix(&config.namespace);
-        return match gateway::membership::status::run_with_prefix(&config.redis_url, &prefix, json)
-        {
+        return match gateway::membership::status::run_with_prefix(
+            &config.redis_url(),
+            &prefix,
+            json,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("gateway status: {e}");
@@ -67,14 +70,14 @@ fn run(config: Config) -> std::io::Result<()> {
     })?;
     let admin = gateway::admin::spawn(config.admin, metrics, status.clone())?;
     let ws_addr = reactor.handle().local_addr;
-    let _heartbeat = if config.public_url.is_some() || matches!(config.backend, BackendKind::Amqp) {
+    let _heartbeat = if config.heartbeat() {
         let public_url = config
             .public_url
             .clone()
             .unwrap_or_else(|| format!("ws://{ws_addr}/ws"));
         let prefix = gateway::membership::namespace_prefix(&config.namespace);
         Some(gateway::membership::start_gateway_heartbeat(
-            &config.redis_url,
+            &config.redis_url(),
             &prefix,
             status,
             admin,
