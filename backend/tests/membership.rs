@@ -3,52 +3,22 @@
 //! namespace) appear in the status listing next to a gateway record, with
 //! their role, id, state and capacity, and a SIGTERM removes their records.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use backend::membership::{
     list_nodes, namespace_prefix, status, Heartbeat, HeartbeatConfig, Listing, Load, NodeState,
     Role,
 };
+use cluster_tests::process::Proc;
 use cluster_tests::support::{unique, wait_until, RedisServer};
 
-/// A `backend` process, killed on drop if it has not exited.
-struct Node(Child);
-
-impl Node {
-    fn start(role: &str, redis: &RedisServer, namespace: &str, extra: &[&str]) -> Node {
-        let child = Command::new(env!("CARGO_BIN_EXE_backend"))
-            .args([role, "--node-id", &format!("{role}-t1")])
-            .args(["--redis-url", &redis.url(), "--namespace", namespace])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("backend binary starts");
-        Node(child)
-    }
-
-    fn sigterm(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        wait_until(timeout, || matches!(self.0.try_wait(), Ok(Some(_))))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `backend <role>` node of the registry under test; killed on drop.
+fn node(role: &str, redis: &RedisServer, namespace: &str, extra: &[&str]) -> Proc {
+    let (id, url) = (format!("{role}-t1"), redis.url());
+    let mut args = vec![role, "--node-id", &id, "--redis-url", &url];
+    args.extend(["--namespace", namespace]);
+    args.extend_from_slice(extra);
+    Proc::start(env!("CARGO_BIN_EXE_backend"), &args, None)
 }
 
 fn listing(redis: &RedisServer, prefix: &str) -> Listing {
@@ -75,8 +45,8 @@ fn masters_and_workers_heartbeat_and_leave_on_sigterm() {
         }),
     )
     .unwrap();
-    let mut worker = Node::start("worker", &redis, &namespace, &["--concurrency", "3"]);
-    let mut master = Node::start("master", &redis, &namespace, &["--jobs", "2"]);
+    let mut worker = node("worker", &redis, &namespace, &["--concurrency", "3"]);
+    let mut master = node("master", &redis, &namespace, &["--jobs", "2"]);
 
     assert!(
         wait_until(Duration::from_secs(20), || listing(&redis, &prefix)
@@ -104,13 +74,13 @@ fn masters_and_workers_heartbeat_and_leave_on_sigterm() {
         (m.state, m.connections, m.capacity),
         (NodeState::Ready, 0, 2)
     );
-    assert_eq!(m.pid, master.0.id());
+    assert_eq!(m.pid, master.pid());
     let w = &nodes[2].record;
     assert_eq!(
         (w.state, w.connections, w.capacity),
         (NodeState::Ready, 0, 3)
     );
-    assert_eq!(w.pid, worker.0.id());
+    assert_eq!(w.pid, worker.pid());
 
     // The table `gateway status` prints shows every role.
     let table = status::render_table(&listing(&redis, &prefix));
@@ -131,14 +101,15 @@ fn masters_and_workers_heartbeat_and_leave_on_sigterm() {
     worker.sigterm();
     master.sigterm();
     assert!(
-        worker.wait_exit(Duration::from_secs(10)),
-        "worker exits on SIGTERM"
+        worker
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success()),
+        "worker exits cleanly on SIGTERM"
     );
     assert!(
-        master.wait_exit(Duration::from_secs(10)),
+        master.wait_exit(Duration::from_secs(10)).is_some(),
         "master exits on SIGTERM"
     );
-    assert!(worker.0.try_wait().unwrap().unwrap().success());
     let left: Vec<Role> = listing(&redis, &prefix)
         .nodes
         .iter()

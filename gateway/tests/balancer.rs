@@ -2,17 +2,17 @@
 //! gateway, nothing when empty) and the `balancer` binary end to end against
 //! a private redis-server, including a Redis outage.
 
-mod support;
-
+use cluster_tests::gateway_proc::http_get;
+use cluster_tests::process::Proc;
+use cluster_tests::support::{spare_port, unique_prefix, wait_until, RedisServer};
 use gateway::balancer::view::View;
 use gateway::membership::{
     Heartbeat, HeartbeatConfig, Listing, Load, NodeEntry, NodeRecord, NodeState, Role,
 };
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{http_get, spare_port, unique_prefix, wait_until, RedisServer};
 
 fn record(id: &str, connections: u64, capacity: u64, state: NodeState) -> NodeRecord {
     NodeRecord {
@@ -162,21 +162,26 @@ fn nothing_when_empty_or_all_full() {
     assert!(view.place(&mut rng).is_none());
 }
 
-struct Balancer(Child, u16);
+/// The `balancer` binary on a spare port; killed on drop.
+struct Balancer {
+    _proc: Proc,
+    port: u16,
+}
 
 impl Balancer {
     fn start(redis: &RedisServer, prefix: &str, extra: &[&str]) -> Balancer {
         let port = spare_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_balancer"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_balancer"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--redis-url", &redis.url(), "--key-prefix", prefix])
             .args(["--refresh-ms", "100", "--fresh-ms", "2000"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("balancer binary");
-        let b = Balancer(child, port);
+            .stderr(Stdio::null());
+        let b = Balancer {
+            _proc: Proc::spawn(cmd, None),
+            port,
+        };
         assert!(wait_until(Duration::from_secs(10), || http_get(
             &b.url("/healthz")
         )
@@ -185,7 +190,7 @@ impl Balancer {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.1)
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -198,13 +203,6 @@ impl Balancer {
 
     fn metrics(&self) -> String {
         http_get(&self.url("/metrics")).unwrap().1
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -4,13 +4,12 @@
 //! this gateway build announces itself in the registry); `down` stops every
 //! process `up` started.
 
-mod support;
-
+use cluster_tests::gateway_proc::{http_get, ping, try_connect, Gateway};
+use cluster_tests::support::{spare_port, wait_until, RedisServer, TempDir};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{http_get, spare_port, ws_connect, ws_ping, GatewayProc, RedisServer, TempDir};
 
 struct Cluster {
     envs: Vec<(String, String)>,
@@ -127,21 +126,21 @@ fn cluster_up_status_down() {
 
     // Through HAProxy.
     let url = format!("ws://127.0.0.1:{front}/ws");
-    assert!(support::wait_until(Duration::from_secs(10), || {
-        ws_connect(&url)
-            .and_then(|mut ws| ws_ping(&mut ws, "via-haproxy"))
+    assert!(wait_until(Duration::from_secs(10), || {
+        try_connect(&url)
+            .and_then(|mut ws| ping(&mut ws, "via-haproxy"))
             .is_ok()
     }));
     // Through the balancer, when gateways announce themselves.
-    if GatewayProc::supports("--public-url") {
+    if Gateway::supports(env!("CARGO_BIN_EXE_gateway"), "--public-url") {
         let ask = format!("http://127.0.0.1:{balancer}/v1/gateway");
-        assert!(support::wait_until(Duration::from_secs(10), || {
+        assert!(wait_until(Duration::from_secs(10), || {
             http_get(&ask).is_ok_and(|(code, _)| code == 200)
         }));
         let (_, body) = http_get(&ask).unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let mut ws = ws_connect(v["url"].as_str().unwrap()).unwrap();
-        ws_ping(&mut ws, "via-balancer").unwrap();
+        let mut ws = try_connect(v["url"].as_str().unwrap()).unwrap();
+        ping(&mut ws, "via-balancer").unwrap();
         // `status` shows the registry too.
         let out = cluster.run(&["status"]);
         let text = String::from_utf8_lossy(&out.stdout);

@@ -9,63 +9,49 @@
 //! Needs the gateway's registry heartbeat (`--public-url` with
 //! `--redis-url`/`--namespace`); skipped with a note on a build without it.
 
-mod support;
-
+use cluster_tests::gateway_proc::{http_get, try_connect, Client as Ws, Gateway};
+use cluster_tests::process::Proc;
+use cluster_tests::support::{spare_port, unique_prefix, wait_until, RedisServer, TempDir};
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use support::{
-    http_get, spare_port, unique_prefix, wait_until, ws_connect, RedisServer, TempDir, Ws,
-};
 use tungstenite::Message;
 
 const CLIENTS: usize = 2_000;
 
-struct Proc(Child);
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gateway(id: &str, redis: &RedisServer, namespace: &str, logs: &TempDir) -> (Proc, u16, u16) {
-    let (ws, admin) = (spare_port(), spare_port());
-    let log = std::fs::File::create(logs.0.join(format!("{id}.log"))).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--listen", &format!("127.0.0.1:{ws}")])
-        .args(["--admin", &format!("127.0.0.1:{admin}")])
-        .args([
-            "--node-id",
-            id,
-            "--backend",
-            "echo",
-            "--echo-delay-ms",
-            "4000",
-        ])
-        .args(["--drain-window", "3", "--max-connections", "5000"])
-        .args(["--redis-url", &redis.url(), "--namespace", namespace])
-        .args(["--public-url", &format!("ws://127.0.0.1:{ws}/ws")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("gateway starts");
-    (Proc(child), ws, admin)
-}
-
-fn connections(admin: u16) -> Option<u64> {
-    let (_, body) = http_get(&format!("http://127.0.0.1:{admin}/status.json")).ok()?;
-    serde_json::from_str::<Value>(&body).ok()?["connections"].as_u64()
+/// An echo gateway announcing itself in the registry; its public URL
+/// names its websocket port, so both ports are chosen up front.
+fn gateway(id: &str, redis: &RedisServer, namespace: &str, logs: &TempDir) -> Gateway {
+    let ws = spare_port();
+    let (listen, admin) = (
+        format!("127.0.0.1:{ws}"),
+        format!("127.0.0.1:{}", spare_port()),
+    );
+    let public = format!("ws://127.0.0.1:{ws}/ws");
+    let redis_url = redis.url();
+    let args = [
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--node-id",
+        id,
+        "--echo-delay-ms",
+        "4000",
+        "--drain-window",
+        "3",
+        "--max-connections",
+        "5000",
+        "--redis-url",
+        &redis_url,
+        "--namespace",
+        namespace,
+        "--public-url",
+        &public,
+    ];
+    let log = logs.0.join(format!("{id}.log"));
+    Gateway::start_logged(env!("CARGO_BIN_EXE_gateway"), &args, &log)
 }
 
 /// What one client saw.
@@ -97,7 +83,7 @@ impl Client {
             return Err(format!("balancer {code}: {body}"));
         }
         let url = v["url"].as_str().ok_or("no url")?.to_string();
-        let ws = ws_connect(&url)?;
+        let ws = try_connect(&url)?;
         self.out
             .nodes
             .push(v["node"].as_str().unwrap_or("?").to_string());
@@ -216,18 +202,24 @@ fn sigterm_one_of_two_gateways_with_2000_clients_through_the_balancer() {
     let redis = RedisServer::start();
     let namespace = unique_prefix("drain").replace(':', "-");
     let logs = TempDir::new("drain-e2e");
-    let (mut a, _a_ws, a_admin) = gateway("gw-a", &redis, &namespace, &logs);
-    let (_b, _b_ws, b_admin) = gateway("gw-b", &redis, &namespace, &logs);
+    let mut a = gateway("gw-a", &redis, &namespace, &logs);
+    let b = gateway("gw-b", &redis, &namespace, &logs);
     let port = spare_port();
-    let _balancer = Proc(
-        Command::new(env!("CARGO_BIN_EXE_balancer"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--redis-url", &redis.url(), "--namespace", &namespace])
-            .args(["--refresh-ms", "200", "--threads", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("balancer starts"),
+    let _balancer = Proc::start(
+        env!("CARGO_BIN_EXE_balancer"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+            "--namespace",
+            &namespace,
+            "--refresh-ms",
+            "200",
+            "--threads",
+            "4",
+        ],
+        Some(&logs.0.join("balancer.log")),
     );
     let balancer = format!("http://127.0.0.1:{port}");
     assert!(
@@ -266,12 +258,12 @@ fn sigterm_one_of_two_gateways_with_2000_clients_through_the_balancer() {
     connected.wait();
     assert!(
         wait_until(Duration::from_secs(5), || {
-            connections(a_admin).unwrap_or(0) + connections(b_admin).unwrap_or(0) == CLIENTS as u64
+            a.connections().unwrap_or(0) + b.connections().unwrap_or(0) == CLIENTS as u64
         }),
         "all clients attached"
     );
-    let on_a = connections(a_admin).unwrap_or(0);
-    let on_b = connections(b_admin).unwrap_or(0);
+    let on_a = a.connections().unwrap_or(0);
+    let on_b = b.connections().unwrap_or(0);
     assert!(
         on_a > 500 && on_b > 500,
         "balancer spread them: a={on_a} b={on_b}"
@@ -279,11 +271,7 @@ fn sigterm_one_of_two_gateways_with_2000_clients_through_the_balancer() {
     accepted.wait();
 
     // Every job is in flight (results come after 4 s): drain A.
-    let kill = Command::new("kill")
-        .args(["-TERM", &a.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    a.sigterm();
     assert!(
         wait_until(Duration::from_secs(60), || finished.load(Ordering::SeqCst)
             == CLIENTS),
@@ -311,11 +299,8 @@ fn sigterm_one_of_two_gateways_with_2000_clients_through_the_balancer() {
         assert_eq!(o.nodes.last().map(String::as_str), Some("gw-b"), "{o:?}");
     }
     // A is gone; B holds every client.
-    assert!(wait_until(Duration::from_secs(15), || matches!(
-        a.0.try_wait(),
-        Ok(Some(_))
-    )));
-    assert!(wait_until(Duration::from_secs(5), || connections(b_admin)
+    assert!(a.wait_exit(Duration::from_secs(15)).is_some());
+    assert!(wait_until(Duration::from_secs(5), || b.connections()
         == Some(CLIENTS as u64)));
     println!("drain: {on_a} clients moved from gw-a to gw-b, {CLIENTS} results, none lost");
 }

@@ -3,14 +3,14 @@
 //! are compared, set for set and level for level, with the BFS computed
 //! from the fixture's declared link graph.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cluster_tests::fixture::{FixtureOptions, FixtureSite};
-use common::*;
+use cluster_tests::gateway_proc::*;
 use serde_json::{json, Value};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
 /// An embedded gateway allowed to fetch the loopback fixture.
 fn gateway(extra: &[&str]) -> Gateway {
@@ -19,7 +19,7 @@ fn gateway(extra: &[&str]) -> Gateway {
         args.extend(["--crawl-workers", "4"]);
     }
     args.extend_from_slice(extra);
-    Gateway::start(&args)
+    Gateway::start(GATEWAY, &args)
 }
 
 fn connect(gw: &Gateway) -> Client {
@@ -227,7 +227,7 @@ fn budget_and_deadline_give_partial_results() {
 fn bad_requests_get_their_codes() {
     let site = FixtureSite::start();
     // No --allow-private here: the guard is on, as in production.
-    let gw = Gateway::start(&["--backend", "embedded"]);
+    let gw = Gateway::start(GATEWAY, &["--backend", "embedded"]);
     let mut c = connect(&gw);
     assert_eq!(error_code(&mut c, "not a url", 2), "invalid_url");
     assert_eq!(

@@ -4,31 +4,39 @@
 //! refused connection is redispatched, then the `/readyz` check takes it out
 //! of the pool), and its own clients are closed with 1012.
 
-mod support;
-
+use cluster_tests::gateway_proc::{ping, try_connect, Gateway};
+use cluster_tests::haproxy::Haproxy;
+use cluster_tests::support::{wait_until, TempDir};
 use std::time::Duration;
-use support::{wait_until, ws_connect, ws_ping, GatewayProc, Haproxy};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 
 const ACCEPTED: &str = "gateway_connections_accepted_total";
 
 #[test]
 fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
-    let a = GatewayProc::start(&[
-        "--backend",
-        "echo",
-        "--node-id",
-        "gw-a",
-        "--drain-window",
-        "3",
-    ]);
-    let b = GatewayProc::start(&[
-        "--backend",
-        "echo",
-        "--node-id",
-        "gw-b",
-        "--drain-window",
-        "3",
-    ]);
+    let a = Gateway::start(
+        GATEWAY,
+        &[
+            "--backend",
+            "echo",
+            "--node-id",
+            "gw-a",
+            "--drain-window",
+            "3",
+        ],
+    );
+    let b = Gateway::start(
+        GATEWAY,
+        &[
+            "--backend",
+            "echo",
+            "--node-id",
+            "gw-b",
+            "--drain-window",
+            "3",
+        ],
+    );
     let hp = Haproxy::start(&[(a.ws_port, a.admin_port), (b.ws_port, b.admin_port)]);
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -43,8 +51,8 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
     // Clients connect through HAProxy, talk to a gateway, and are spread.
     let mut first = Vec::new();
     for i in 0..20 {
-        let mut ws = ws_connect(&hp.ws_url()).expect("connect through haproxy");
-        ws_ping(&mut ws, &format!("first-{i}")).expect("pong through haproxy");
+        let mut ws = try_connect(&hp.ws_url()).expect("connect through haproxy");
+        ping(&mut ws, &format!("first-{i}")).expect("pong through haproxy");
         first.push(ws);
     }
     assert!(wait_until(Duration::from_secs(5), || {
@@ -58,12 +66,12 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
     );
 
     // Drain A; new clients, arriving at once, all end up on B.
-    let accepted_a = a.metric(ACCEPTED).expect("a's metrics");
+    let accepted_a = a.metric(ACCEPTED);
     a.sigterm();
     let mut second = Vec::new();
     for i in 0..20 {
-        let mut ws = ws_connect(&hp.ws_url()).expect("connect during a drain");
-        ws_ping(&mut ws, &format!("second-{i}")).expect("pong during a drain");
+        let mut ws = try_connect(&hp.ws_url()).expect("connect during a drain");
+        ping(&mut ws, &format!("second-{i}")).expect("pong during a drain");
         second.push(ws);
     }
     assert!(
@@ -72,7 +80,7 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
         "all 20 new clients on B: b={:?}",
         b.connections()
     );
-    if let Some(now) = a.metric(ACCEPTED) {
+    if let Some(now) = a.try_metric(ACCEPTED) {
         assert_eq!(
             now, accepted_a,
             "the draining gateway accepted a new client"
@@ -128,14 +136,14 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         }
-        ws_ping(ws, &format!("after-{i}")).expect("B's clients still served");
+        ping(ws, &format!("after-{i}")).expect("B's clients still served");
     }
 }
 
 #[test]
 fn generated_configs_pass_haproxy_check() {
     let gen = concat!(env!("CARGO_MANIFEST_DIR"), "/../haproxy/gen-config");
-    let dir = support::TempDir::new("haproxy-check");
+    let dir = TempDir::new("haproxy-check");
     for (i, args) in [
         vec!["1", "7001", "7101"],
         vec!["10", "7001", "7101"],

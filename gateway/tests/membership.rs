@@ -3,15 +3,13 @@
 //! expires by itself, a Redis restart is survived, and the status listing
 //! shows every role.
 
-mod support;
-
+use cluster_tests::support::{unique_prefix, wait_until, RedisServer};
 use gateway::membership::{
     list_nodes, record_key, status, Heartbeat, HeartbeatConfig, Load, LoadSource, NodeState, Role,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{unique_prefix, wait_until, RedisServer};
 
 fn config(redis: &RedisServer, prefix: &str, role: Role, id: &str) -> HeartbeatConfig {
     let mut c = HeartbeatConfig::new(redis.url(), role, id);

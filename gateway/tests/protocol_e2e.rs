@@ -1,20 +1,21 @@
 //! The client protocol end to end: a real gateway process (echo backend)
 //! and real websocket clients over loopback.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::*;
+use cluster_tests::gateway_proc::*;
+use cluster_tests::support::wait_for;
 use serde_json::json;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::Frame;
 use tungstenite::Message;
 
+const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+
 #[test]
 fn ping_message_is_answered_with_pong() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut c = gw.connect();
     send_json(&mut c, &json!({"type": "ping", "id": "p1"}));
     assert_eq!(recv_json(&mut c), json!({"type": "pong", "id": "p1"}));
@@ -22,7 +23,7 @@ fn ping_message_is_answered_with_pong() {
 
 #[test]
 fn crawl_in_both_forms_is_accepted_then_answered() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut c = gw.connect();
     send_json(
         &mut c,
@@ -51,7 +52,7 @@ fn crawl_in_both_forms_is_accepted_then_answered() {
 
 #[test]
 fn every_bad_message_gets_its_error_code_and_the_connection_lives_on() {
-    let gw = Gateway::start(&["--echo-delay-ms", "60000"]);
+    let gw = Gateway::start(GATEWAY, &["--echo-delay-ms", "60000"]);
     let mut c = gw.connect();
     let cases = [
         (json!("{not json"), "bad_json"),
@@ -130,7 +131,7 @@ fn every_bad_message_gets_its_error_code_and_the_connection_lives_on() {
 
 #[test]
 fn fragmented_message_is_reassembled() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut c = gw.connect();
     let text = br#"{"type":"ping","id":"frag"}"#;
     c.send(Message::Frame(Frame::message(
@@ -169,7 +170,7 @@ fn fragmented_message_is_reassembled() {
 
 #[test]
 fn oversized_message_is_closed_with_1009() {
-    let gw = Gateway::start(&["--max-message-bytes", "1024"]);
+    let gw = Gateway::start(GATEWAY, &["--max-message-bytes", "1024"]);
     let mut c = gw.connect();
     c.send(Message::text("x".repeat(2000))).unwrap();
     assert_eq!(recv_close(&mut c).0, 1009);
@@ -181,7 +182,7 @@ fn oversized_message_is_closed_with_1009() {
 
 #[test]
 fn invalid_utf8_text_is_closed_with_1007() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut c = gw.connect();
     c.send(Message::Frame(Frame::message(
         vec![b'{', 0xff, 0xfe, b'}'],
@@ -198,7 +199,7 @@ fn invalid_utf8_text_is_closed_with_1007() {
 
 #[test]
 fn client_close_is_answered_and_counted() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut c = gw.connect();
     gw.wait_metric("gateway_connections_open", |v| v == 1.0);
     c.close(None).unwrap();
@@ -212,7 +213,7 @@ fn client_close_is_answered_and_counted() {
 
 #[test]
 fn websocket_pings_go_both_ways_and_silent_clients_are_dropped() {
-    let gw = Gateway::start(&["--ping-interval", "1", "--idle-timeout", "0"]);
+    let gw = Gateway::start(GATEWAY, &["--ping-interval", "1", "--idle-timeout", "0"]);
     let mut c = gw.connect();
     with_timeout(&mut c, 5);
     c.send(Message::Ping(b"hi".to_vec().into())).unwrap();
@@ -233,7 +234,7 @@ fn websocket_pings_go_both_ways_and_silent_clients_are_dropped() {
         s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
             .unwrap();
     }
-    wait_for("the silent client to be dropped", || {
+    wait_for("the silent client to be dropped", 10, || {
         match c.read() {
             Ok(_) | Err(tungstenite::Error::Io(_)) => {}
             Err(e) => panic!("the answering client was dropped too: {e}"),
@@ -250,14 +251,17 @@ fn websocket_pings_go_both_ways_and_silent_clients_are_dropped() {
 
 #[test]
 fn idle_timeout_spares_a_client_whose_job_runs() {
-    let gw = Gateway::start(&[
-        "--idle-timeout",
-        "1",
-        "--ping-interval",
-        "30",
-        "--echo-delay-ms",
-        "3500",
-    ]);
+    let gw = Gateway::start(
+        GATEWAY,
+        &[
+            "--idle-timeout",
+            "1",
+            "--ping-interval",
+            "30",
+            "--echo-delay-ms",
+            "3500",
+        ],
+    );
     let mut busy = gw.connect();
     let mut idle = gw.connect();
     with_timeout(&mut busy, 10);
@@ -277,7 +281,7 @@ fn idle_timeout_spares_a_client_whose_job_runs() {
 
 #[test]
 fn upgrades_over_the_limit_get_503() {
-    let gw = Gateway::start(&["--max-connections", "2"]);
+    let gw = Gateway::start(GATEWAY, &["--max-connections", "2"]);
     let _a = gw.connect();
     let _b = gw.connect();
     match tungstenite::connect(&gw.ws) {
@@ -295,7 +299,7 @@ fn upgrades_over_the_limit_get_503() {
 
 #[test]
 fn bad_handshakes_get_http_errors() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let addr = gw
         .ws
         .trim_start_matches("ws://")
@@ -322,12 +326,15 @@ fn bad_handshakes_get_http_errors() {
 
 #[test]
 fn a_client_that_does_not_read_is_closed() {
-    let gw = Gateway::start(&[
-        "--max-outbound-bytes",
-        "65536",
-        "--max-message-bytes",
-        "65536",
-    ]);
+    let gw = Gateway::start(
+        GATEWAY,
+        &[
+            "--max-outbound-bytes",
+            "65536",
+            "--max-message-bytes",
+            "65536",
+        ],
+    );
     let mut s = raw_upgrade(&gw);
     // Ask for far more pong bytes than the kernel buffers hold, never reading.
     let id = "x".repeat(60_000);
@@ -348,7 +355,7 @@ fn a_client_that_does_not_read_is_closed() {
 
 #[test]
 fn metrics_follow_the_traffic() {
-    let gw = Gateway::start(&[]);
+    let gw = Gateway::start(GATEWAY, &[]);
     let mut clients: Vec<_> = (0..3).map(|_| gw.connect()).collect();
     gw.wait_metric("gateway_connections_open", |v| v == 3.0);
     assert_eq!(gw.metric("gateway_connections_accepted_total"), 3.0);
@@ -376,11 +383,11 @@ fn metrics_follow_the_traffic() {
 
 #[test]
 fn sigterm_drains_with_1012_and_exits_cleanly() {
-    let mut gw = Gateway::start(&["--drain-window", "2"]);
+    let mut gw = Gateway::start(GATEWAY, &["--drain-window", "2"]);
     let mut clients: Vec<_> = (0..20).map(|_| gw.connect()).collect();
     gw.wait_metric("gateway_connections_open", |v| v == 20.0);
     gw.signal("TERM");
-    let ready = wait_for("readyz to say draining", || {
+    let ready = wait_for("readyz to say draining", 10, || {
         let code = match ureq::get(&format!("{}/readyz", gw.admin)).call() {
             Ok(r) => r.status().as_u16(),
             Err(ureq::Error::StatusCode(code)) => code,
@@ -393,7 +400,11 @@ fn sigterm_drains_with_1012_and_exits_cleanly() {
         with_timeout(c, 10);
         assert_eq!(recv_close(c).0, 1012);
     }
-    assert_eq!(gw.wait_exit(std::time::Duration::from_secs(15)), Some(0));
+    assert_eq!(
+        gw.wait_exit(std::time::Duration::from_secs(15))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
 }
 
 /// Completes a websocket handshake by hand and returns the bare socket, for
@@ -426,7 +437,7 @@ fn masked_text(text: &str) -> Vec<u8> {
 
 #[test]
 fn a_handshake_that_never_completes_is_dropped() {
-    let gw = Gateway::start(&["--handshake-timeout", "1"]);
+    let gw = Gateway::start(GATEWAY, &["--handshake-timeout", "1"]);
     let addr = gw.ws.trim_start_matches("ws://").trim_end_matches("/ws");
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();

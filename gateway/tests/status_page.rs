@@ -3,11 +3,10 @@
 //! it loads, runs its polling script, shows the live connection count and
 //! state, and the count moves when clients connect.
 
-mod support;
-
+use cluster_tests::gateway_proc::{try_connect, Gateway};
+use cluster_tests::support::{wait_until, TempDir};
 use std::process::Command;
 use std::time::Duration;
-use support::{wait_until, ws_connect, GatewayProc, TempDir};
 
 fn chromium() -> String {
     ["chromium", "chromium-browser", "google-chrome"]
@@ -68,14 +67,17 @@ fn samples(dom: &str) -> u32 {
 #[test]
 fn status_page_shows_live_connections_in_chromium() {
     let browser = chromium();
-    let gw = GatewayProc::start(&[
-        "--backend",
-        "echo",
-        "--node-id",
-        "gw-page",
-        "--drain-window",
-        "20",
-    ]);
+    let gw = Gateway::start(
+        env!("CARGO_BIN_EXE_gateway"),
+        &[
+            "--backend",
+            "echo",
+            "--node-id",
+            "gw-page",
+            "--drain-window",
+            "20",
+        ],
+    );
     let page = format!("{}/", gw.admin);
 
     let dom = dump_dom(&browser, &page);
@@ -93,7 +95,7 @@ fn status_page_shows_live_connections_in_chromium() {
     );
 
     let clients: Vec<_> = (0..3)
-        .map(|_| ws_connect(&gw.ws).expect("connect"))
+        .map(|_| try_connect(&gw.ws).expect("connect"))
         .collect();
     assert!(wait_until(Duration::from_secs(5), || gw.connections() == Some(3)));
     let dom = dump_dom(&browser, &page);

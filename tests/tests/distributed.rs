@@ -30,8 +30,8 @@ fn crawl_matches_embedded_backend() {
     let _w1 = worker(&ns, "w1", &[]);
     let _w2 = worker(&ns, "w2", &[]);
     let _m = master(&ns, "m1", &[]);
-    let gw = Gateway::start(&ns, "gw1", &[]);
-    let reference = Gateway::embedded(&ns, "embedded");
+    let gw = gateway(&ns, "gw1", &[]);
+    let reference = embedded_gateway(&ns, "embedded");
 
     let seed = site.url("/");
     let mut c = gw.connect();
@@ -57,8 +57,8 @@ fn second_gateway_answers_from_shared_cache() {
     let site = FixtureSite::start();
     let _w = worker(&ns, "w1", &[]);
     let _m = master(&ns, "m1", &[]);
-    let g1 = Gateway::start(&ns, "gw1", &[]);
-    let g2 = Gateway::start(&ns, "gw2", &[]);
+    let g1 = gateway(&ns, "gw1", &[]);
+    let g2 = gateway(&ns, "gw2", &[]);
     let seed = site.url("/a.html");
 
     let (_, first) = crawl(&mut g1.connect(), "A", &seed, 2);
@@ -89,10 +89,10 @@ fn master_killed_mid_job_is_taken_over() {
     let _w2 = worker(&ns, "w2", &[]);
     let lease = ["--lease-ms", "1500"];
     let mut m1 = master(&ns, "m1", &lease);
-    let gw = Gateway::start(&ns, "gw1", &[]);
+    let gw = gateway(&ns, "gw1", &[]);
     let mut c = gw.connect();
     send_json(&mut c, &crawl_msg("J", &site.url("/"), 3));
-    assert_eq!(recv(&mut c)["type"], "accepted");
+    assert_eq!(recv_json(&mut c)["type"], "accepted");
     m1.wait_log("job started", 20);
     // The slow page is being fetched: the job is mid-run.
     wait_for("slow page fetch", 20, || {
@@ -123,10 +123,10 @@ fn worker_killed_mid_task_is_redelivered() {
     });
     let mut w1 = worker(&ns, "w1", &[]);
     let _m = master(&ns, "m1", &[]);
-    let gw = Gateway::start(&ns, "gw1", &[]);
+    let gw = gateway(&ns, "gw1", &[]);
     let mut c = gw.connect();
     send_json(&mut c, &crawl_msg("J", &site.url("/slow.html"), 2));
-    assert_eq!(recv(&mut c)["type"], "accepted");
+    assert_eq!(recv_json(&mut c)["type"], "accepted");
     wait_for("slow page fetch", 20, || {
         (site.hits("/slow.html") > 0).then_some(())
     });
@@ -154,11 +154,11 @@ fn resume_on_another_gateway_after_kill() {
     });
     let _w = worker(&ns, "w1", &[]);
     let _m = master(&ns, "m1", &[]);
-    let mut g1 = Gateway::start(&ns, "gw1", &[]);
-    let g2 = Gateway::start(&ns, "gw2", &[]);
+    let mut g1 = gateway(&ns, "gw1", &[]);
+    let g2 = gateway(&ns, "gw2", &[]);
     let mut c = g1.connect();
     send_json(&mut c, &crawl_msg("J", &site.url("/"), 3));
-    let accepted = recv(&mut c);
+    let accepted = recv_json(&mut c);
     assert_eq!(accepted["type"], "accepted");
     let token = accepted["token"].as_str().unwrap().to_string();
     g1.proc.kill9();
@@ -185,7 +185,7 @@ fn resume_on_another_gateway_after_kill() {
             &mut c3,
             &json!({"type": "resume", "id": "K", "token": wrong}),
         );
-        let e = recv(&mut c3);
+        let e = recv_json(&mut c3);
         assert_eq!(e["type"], "error", "{e}");
         assert_eq!(e["code"], "unknown_job", "{e}");
     }
@@ -200,14 +200,14 @@ fn broker_cut_loses_no_accepted_job() {
     let site = FixtureSite::start();
     let proxy = Proxy::start("127.0.0.1:5672");
     let url = proxy.amqp_url();
-    let gw = Gateway::start(&ns, "gw1", &["--amqp-url", &url]);
+    let gw = gateway(&ns, "gw1", &["--amqp-url", &url]);
     // No master yet: the jobs wait in crawl.jobs.
     let seeds = ["/", "/a.html", "/b.html", "/c.html"];
     let mut clients = Vec::new();
     for (i, s) in seeds.iter().enumerate() {
         let mut c = gw.connect();
         send_json(&mut c, &crawl_msg(&format!("J{i}"), &site.url(s), 2));
-        let a = recv(&mut c);
+        let a = recv_json(&mut c);
         assert_eq!(a["type"], "accepted", "{a}");
         clients.push(c);
     }
@@ -216,12 +216,12 @@ fn broker_cut_loses_no_accepted_job() {
     let mut probe = gw.connect();
     let failed = wait_for("backend_unavailable", 20, || {
         send_json(&mut probe, &crawl_msg("late", &site.url("/d.html"), 2));
-        let m = recv(&mut probe);
+        let m = recv_json(&mut probe);
         (m["code"] == "backend_unavailable").then_some(m)
     });
     assert_eq!(failed["type"], "error");
     send_json(&mut probe, &json!({"type": "ping", "id": "p"}));
-    assert_eq!(recv(&mut probe)["type"], "pong");
+    assert_eq!(recv_json(&mut probe)["type"], "pong");
 
     let _w = worker(&ns, "w1", &[]);
     let _m = master(&ns, "m1", &[]);
@@ -245,7 +245,7 @@ fn jobs_complete_without_redis() {
     let args = ["--redis-url", r.as_str()];
     let _w = worker(&ns, "w1", &[]);
     let _m = master(&ns, "m1", &args);
-    let gw = Gateway::start(&ns, "gw1", &args);
+    let gw = gateway(&ns, "gw1", &args);
 
     let (_, first) = crawl(&mut gw.connect(), "A", &site.url("/a.html"), 2);
     assert_eq!(first["type"], "result", "{first}");
@@ -286,10 +286,10 @@ fn poison_job_is_dead_lettered() {
     let _w = worker(&ns, "w1", &[]);
     let flags = ["--lease-ms", "1000", "--max-attempts", "1"];
     let mut m1 = master(&ns, "m1", &flags);
-    let gw = Gateway::start(&ns, "gw1", &[]);
+    let gw = gateway(&ns, "gw1", &[]);
     let mut c = gw.connect();
     send_json(&mut c, &crawl_msg("P", &site.url("/slow.html"), 2));
-    assert_eq!(recv(&mut c)["type"], "accepted");
+    assert_eq!(recv_json(&mut c)["type"], "accepted");
     m1.wait_log("job started", 20);
     m1.kill9();
     let _m2 = master(&ns, "m2", &flags);
@@ -372,7 +372,7 @@ fn bench_distributed() {
     let _masters: Vec<_> = (0..2)
         .map(|i| master(&ns, &format!("m{i}"), &["--jobs", "16"]))
         .collect();
-    let gw = Gateway::start(&ns, "gw1", &["--max-pages", "1000"]);
+    let gw = gateway(&ns, "gw1", &["--max-pages", "1000"]);
     let jobs: usize = std::env::var("BENCH_JOBS")
         .ok()
         .and_then(|v| v.parse().ok())
