@@ -66,8 +66,11 @@ impl Gateway {
         cmd.args(args).stdout(Stdio::piped());
         let mut proc = Proc::spawn(cmd, log);
         let stdout = proc.child().stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = reader.read_line(&mut line);
+        // Keep reading so a later stdout write never meets a closed pipe.
+        std::thread::spawn(move || for _ in reader.lines().map_while(Result::ok) {});
         let see = match &proc.log {
             Some(p) => format!("; see {}", p.display()),
             None => String::new(),

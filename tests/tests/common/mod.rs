@@ -22,8 +22,9 @@ use serde_json::{json, Value};
 
 pub use cluster_tests::gateway_proc::*;
 pub use cluster_tests::process::{bin, target_dir, Proc};
+pub use cluster_tests::support::wait_for;
 /// A private `redis-server` on a spare port, for tests that stop Redis.
-pub use cluster_tests::support::{wait_for, RedisServer};
+pub use cluster_tests::support::RedisServer;
 
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -38,17 +39,18 @@ fn log_path(ns: &str, name: &str) -> PathBuf {
     dir.join(format!("{ns}-{name}.log"))
 }
 
+/// `<lead> --namespace <ns> --node-id <name> --allow-private <extra>`: how
+/// each process joins its test's namespace.
+fn node_args<'a>(lead: &[&'a str], ns: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = lead.to_vec();
+    args.extend(["--namespace", ns, "--node-id", name, "--allow-private"]);
+    args.extend_from_slice(extra);
+    args
+}
+
 /// `backend <role>` in namespace `ns`, ready when its log says `ready`.
 fn backend(role: &str, ns: &str, name: &str, extra: &[&str], ready: &str) -> Proc {
-    let mut args = vec![
-        role,
-        "--namespace",
-        ns,
-        "--node-id",
-        name,
-        "--allow-private",
-    ];
-    args.extend_from_slice(extra);
+    let args = node_args(&[role], ns, name, extra);
     let p = Proc::start(bin("backend"), &args, Some(&log_path(ns, name)));
     p.wait_log(ready, 20);
     p
@@ -88,16 +90,7 @@ pub fn gateway(ns: &str, name: &str, extra: &[&str]) -> Gateway {
 /// An `amqp` gateway in `ns`, not waited for (`extra` may point it at a
 /// broker that is not there).
 pub fn gateway_unready(ns: &str, name: &str, extra: &[&str]) -> Gateway {
-    let mut args = vec![
-        "--backend",
-        "amqp",
-        "--namespace",
-        ns,
-        "--node-id",
-        name,
-        "--allow-private",
-    ];
-    args.extend_from_slice(extra);
+    let args = node_args(&["--backend", "amqp"], ns, name, extra);
     Gateway::start_logged(bin("gateway"), &args, &log_path(ns, name))
 }
 
