@@ -66,8 +66,13 @@ fn clients_spread_through_haproxy_and_a_draining_gateway_gets_none() {
     );
 
     // Drain A; new clients, arriving at once, all end up on B.
-    let accepted_a = a.metric(ACCEPTED);
     a.sigterm();
+    // Drained means: it says so (its listener is closed by then).
+    assert!(
+        wait_until(Duration::from_secs(5), || a.status()["state"] == "draining"),
+        "A reports draining"
+    );
+    let accepted_a = a.metric(ACCEPTED);
     let mut second = Vec::new();
     for i in 0..20 {
         let mut ws = try_connect(&hp.ws_url()).expect("connect during a drain");

@@ -518,11 +518,13 @@ impl Reactor {
 
     fn start_drain(&mut self) {
         info!(node = %self.shared.node_id, open = self.shared.status.open_connections(), "draining");
-        self.shared.status.start_draining();
-        self.shared.metrics.draining.set(1);
+        // Close the listener first: once anyone can see "draining" (/readyz,
+        // the registry), no new connection reaches this gateway.
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        self.shared.status.start_draining();
+        self.shared.metrics.draining.set(1);
         let now = Instant::now();
         self.drain = Some(Drain {
             window_end: now + self.drain_window,
