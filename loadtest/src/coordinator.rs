@@ -11,7 +11,7 @@ use crate::report::{
     self, per_conn, rate, ClientFigures, KernelFigures, Report, RunReport, Sample, ServerFigures,
 };
 use crate::scenario::{Scenario, Targets};
-use crate::stats::{add_pairs, new_histogram, Counters, SelfUsage, WorkerMsg};
+use crate::stats::{add_pairs, new_histogram, Counters, WorkerMsg, WorkerTotals};
 use crate::target::{check_http, Target};
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader, Write};
@@ -82,17 +82,6 @@ fn validate(s: &Scenario, admins: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// A worker's last message.
-struct Final {
-    counters: Counters,
-    open: u64,
-    unanswered: u64,
-    rtt: Vec<(u64, u64)>,
-    handshake: Vec<(u64, u64)>,
-    usage_start: SelfUsage,
-    usage: SelfUsage,
-}
-
 enum Event {
     Msg(Box<WorkerMsg>),
     /// A worker's stdout closed (it exited).
@@ -106,7 +95,7 @@ struct Live {
     pending: Vec<u64>,
     ramped: Vec<Option<(u64, u64)>>,
     last_ramped: Option<Instant>,
-    finals: Vec<Option<Final>>,
+    finals: Vec<Option<WorkerTotals>>,
     gone: Vec<bool>,
     notes: Vec<String>,
     rtt_second: Histogram<u64>,
@@ -206,27 +195,10 @@ impl Live {
                 self.ramped[worker] = Some((opened, failed));
                 self.last_ramped = Some(Instant::now());
             }
-            Ok(WorkerMsg::Final {
-                worker,
-                counters,
-                open,
-                unanswered,
-                rtt,
-                handshake,
-                usage_start,
-                usage,
-            }) => {
-                self.counters[worker] = counters.clone();
-                self.open[worker] = open;
-                self.finals[worker] = Some(Final {
-                    counters,
-                    open,
-                    unanswered,
-                    rtt,
-                    handshake,
-                    usage_start,
-                    usage,
-                });
+            Ok(WorkerMsg::Final { worker, totals }) => {
+                self.counters[worker] = totals.counters.clone();
+                self.open[worker] = totals.open;
+                self.finals[worker] = Some(totals);
             }
             Ok(WorkerMsg::Fatal { worker, message }) => {
                 self.notes

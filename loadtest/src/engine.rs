@@ -7,7 +7,7 @@ use crate::conn::{io_reason, Conn, Outcome, Phase, Shared};
 use crate::probe;
 use crate::rng::Rng;
 use crate::scenario::{MessageKind, Targets, WorkerSpec};
-use crate::stats::{new_histogram, record_us, to_pairs, WorkerMsg};
+use crate::stats::{new_histogram, record_us, to_pairs, WorkerMsg, WorkerTotals};
 use crate::target::{ask_balancer, http_agent, Assignment, Target};
 use backend::backoff::Backoff;
 use hdrhistogram::Histogram;
@@ -254,13 +254,15 @@ impl Engine {
         let unanswered = self.conns.iter().map(|c| c.inflight.len() as u64).sum();
         emit(WorkerMsg::Final {
             worker: self.spec.index,
-            counters: self.sh.counters.clone(),
-            open: self.open as u64,
-            unanswered,
-            rtt: to_pairs(&self.sh.rtt),
-            handshake: to_pairs(&self.handshake),
-            usage_start: self.usage_start.clone(),
-            usage: probe::self_usage(),
+            totals: WorkerTotals {
+                counters: self.sh.counters.clone(),
+                open: self.open as u64,
+                unanswered,
+                rtt: to_pairs(&self.sh.rtt),
+                handshake: to_pairs(&self.handshake),
+                usage_start: self.usage_start.clone(),
+                usage: probe::self_usage(),
+            },
         });
     }
 

@@ -141,19 +141,23 @@ pub enum WorkerMsg {
         failed: u64,
     },
     /// Last message: totals and full histograms.
-    Final {
-        worker: usize,
-        counters: Counters,
-        open: u64,
-        unanswered: u64,
-        rtt: Vec<(u64, u64)>,
-        handshake: Vec<(u64, u64)>,
-        /// Own usage when the engine started, and at the end (sockets open).
-        usage_start: SelfUsage,
-        usage: SelfUsage,
-    },
+    Final { worker: usize, totals: WorkerTotals },
     /// The worker could not run.
     Fatal { worker: usize, message: String },
+}
+
+/// A worker's totals when it stops: cumulative counters, sockets still
+/// open, full histograms, and its own resource usage at start and end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerTotals {
+    pub counters: Counters,
+    pub open: u64,
+    pub unanswered: u64,
+    pub rtt: Vec<(u64, u64)>,
+    pub handshake: Vec<(u64, u64)>,
+    /// Own usage when the engine started, and at the end (sockets open).
+    pub usage_start: SelfUsage,
+    pub usage: SelfUsage,
 }
 
 #[cfg(test)]
