@@ -31,7 +31,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use self::conn::{Conn, Phase};
-use self::readers::{CloseKind, Command, Finished, Verdict, Work};
+use self::readers::{CloseKind, Command, Finished, Returned, Verdict, Work};
 use self::session::SessionPool;
 use crate::backend::{Backend, ClientId, Reply, ReplySink};
 use crate::config::Config;
@@ -160,7 +160,7 @@ pub struct Reactor {
     clients: RwLock<HashMap<ClientId, Token>>,
     shared: Arc<Shared>,
     work: Sender<Work>,
-    finished: Receiver<Finished>,
+    finished: Receiver<Returned>,
     replies: Receiver<Reply>,
     handle: Handle,
     next_client: ClientId,
@@ -371,12 +371,22 @@ impl Reactor {
     }
 
     fn take_back_finished(&mut self) {
-        while let Ok(Finished {
-            token,
-            conn,
-            verdict,
-        }) = self.finished.try_recv()
-        {
+        while let Ok(returned) = self.finished.try_recv() {
+            let Finished {
+                token,
+                conn,
+                verdict,
+            } = match returned {
+                Returned::Finished(finished) => finished,
+                Returned::Lost {
+                    token,
+                    client,
+                    was_open,
+                } => {
+                    self.forget(token, client, was_open, "reader_panic");
+                    continue;
+                }
+            };
             match verdict {
                 Verdict::Drop(reason) => self.close(token, conn, reason),
                 Verdict::Keep { more } => {
@@ -409,17 +419,22 @@ impl Reactor {
     }
 
     fn close(&mut self, token: Token, mut conn: Conn, reason: &'static str) {
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.forget(token, conn.id, conn.phase != Phase::Handshaking, reason);
+    }
+
+    /// Frees everything the reactor holds for a connection that is gone.
+    fn forget(&mut self, token: Token, client: ClientId, was_open: bool, reason: &'static str) {
         if self.slots.contains(token.0) {
             self.slots.remove(token.0);
         }
-        self.clients.write().remove(&conn.id);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        if conn.phase != Phase::Handshaking {
+        self.clients.write().remove(&client);
+        if was_open {
             self.shared.status.release_connection();
             self.shared.metrics.connections_open.dec();
         }
         self.shared.metrics.closed(reason);
-        debug!(client = conn.id, reason, "connection closed");
+        debug!(client, reason, "connection closed");
     }
 
     /// Pings quiet clients, closes dead and idle ones, enforces deadlines.

@@ -9,17 +9,18 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::Token;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::conn::{Conn, Phase};
 use super::handler;
 use super::session::Session;
 use super::Shared;
-use crate::backend::Reply;
+use crate::backend::{ClientId, Reply};
 use crate::ws::codec::{self, Incoming};
 use crate::ws::handshake::{self, Admission, Outcome};
 
@@ -89,11 +90,24 @@ pub struct Finished {
     pub verdict: Verdict,
 }
 
+/// What comes back from a reader.
+pub enum Returned {
+    Finished(Finished),
+    /// The reader panicked while holding the connection (a bug, never the
+    /// client's input by design): the connection is gone, its slot must be
+    /// freed, and the reader carries on with the next one.
+    Lost {
+        token: Token,
+        client: ClientId,
+        was_open: bool,
+    },
+}
+
 pub fn spawn(
     count: usize,
     shared: Arc<Shared>,
     work: Receiver<Work>,
-    finished: Sender<Finished>,
+    finished: Sender<Returned>,
     waker: Arc<mio::Waker>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     (0..count)
@@ -108,8 +122,21 @@ pub fn spawn(
                 .name(format!("reader-{i}"))
                 .spawn(move || {
                     for job in work.iter() {
-                        let done = process(&shared, job);
-                        if finished.send(done).is_err() {
+                        let (token, client) = (job.token, job.conn.id);
+                        let was_open = job.conn.phase != Phase::Handshaking;
+                        let returned =
+                            match catch_unwind(AssertUnwindSafe(|| process(&shared, job))) {
+                                Ok(done) => Returned::Finished(done),
+                                Err(_) => {
+                                    error!(client, "reader panicked; connection dropped");
+                                    Returned::Lost {
+                                        token,
+                                        client,
+                                        was_open,
+                                    }
+                                }
+                            };
+                        if finished.send(returned).is_err() {
                             return;
                         }
                         let _ = waker.wake();
