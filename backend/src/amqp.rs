@@ -23,9 +23,12 @@
 
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{CrawlSpec, JobEvent};
@@ -213,6 +216,26 @@ pub async fn declare_reply_queue(ch: &Channel, queue: &str) -> lapin::Result<()>
 }
 
 /// Properties of a message that must survive a broker restart.
+/// Consumes `queue` with manual acks and at most `prefetch` deliveries
+/// unacked on this channel: how masters take jobs, workers tasks and
+/// gateways results, so a process that dies leaves its share to the broker.
+pub async fn consume_acked(
+    ch: &Channel,
+    queue: &str,
+    tag: &str,
+    prefetch: u16,
+) -> lapin::Result<Consumer> {
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 pub fn persistent() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)

@@ -17,11 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use tokio::sync::mpsc;
 
 use crate::amqp::{self, JobMsg, Names, ResultMsg};
@@ -126,15 +122,7 @@ async fn session(
     let consume = conn.create_channel().await?;
     let queue = cfg.names.gateway_done(&cfg.node_id);
     amqp::declare_gateway_queue(&consume, &queue, cfg.queue_expires).await?;
-    consume.basic_qos(256, BasicQosOptions::default()).await?;
-    let mut results = consume
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut results = amqp::consume_acked(&consume, &queue, "", 256).await?;
     up.store(true, Ordering::Relaxed);
     tracing::info!(node = %cfg.node_id, %queue, "gateway connected to the broker");
     let jobs_queue = cfg.names.jobs();

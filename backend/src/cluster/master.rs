@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -148,17 +148,13 @@ async fn master_session(
     let engine = Engine::with_parts(cfg.engine.clone(), Arc::new(queue), cache);
 
     let jobs_ch = conn.create_channel().await?;
-    jobs_ch
-        .basic_qos(cfg.jobs.max(1), BasicQosOptions::default())
-        .await?;
-    let mut jobs = jobs_ch
-        .basic_consume(
-            cfg.names.jobs().as_str().into(),
-            format!("master-{}", cfg.node_id).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut jobs = amqp::consume_acked(
+        &jobs_ch,
+        &cfg.names.jobs(),
+        &format!("master-{}", cfg.node_id),
+        cfg.jobs,
+    )
+    .await?;
     let ctx = Arc::new(MasterCtx {
         owner: format!("{}-{:08x}", cfg.node_id, fastrand::u32(..)),
         cfg,

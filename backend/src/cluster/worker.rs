@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 
 use super::presence::{self, InFlight, Presence};
 use super::{sessions_until_signal, SessionError};
@@ -84,16 +81,13 @@ async fn worker_session(
     let conn = amqp::connect(&cfg.amqp_url, &format!("worker {}", cfg.node_id)).await?;
     let ch = conn.create_channel().await?;
     amqp::declare_shared(&ch, &cfg.names).await?;
-    ch.basic_qos(cfg.concurrency.max(1), BasicQosOptions::default())
-        .await?;
-    let mut tasks = ch
-        .basic_consume(
-            cfg.names.tasks().as_str().into(),
-            format!("worker-{}", cfg.node_id).as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut tasks = amqp::consume_acked(
+        &ch,
+        &cfg.names.tasks(),
+        &format!("worker-{}", cfg.node_id),
+        cfg.concurrency,
+    )
+    .await?;
     tracing::info!(node = %cfg.node_id, concurrency = cfg.concurrency, "worker consuming tasks");
     while let Some(delivery) = tasks.next().await {
         let delivery = delivery?;
