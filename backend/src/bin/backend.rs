@@ -7,8 +7,15 @@
 //! `gateway status` lists them; SIGTERM or SIGINT removes the record and
 //! exits.
 //!
+//! With `--admin ADDR` a master or worker also serves `/metrics`,
+//! `/healthz` and `/readyz` there (off by default: every node would
+//! otherwise need a port of its own), puts the bound address into its
+//! registry record and prints `started role=.. node=.. admin=http://ADDR`
+//! on stdout.
+//!
 //! Every flag can also be given as a `BACKEND_*` environment variable.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -61,10 +68,22 @@ struct Common {
     ignore_robots: bool,
 }
 
+/// The admin HTTP flag, shared by masters and workers (not by
+/// `dead-letters`, which serves nothing).
+#[derive(Debug, Clone, Args)]
+struct Admin {
+    /// Serve /metrics, /healthz and /readyz on this address (e.g.
+    /// 127.0.0.1:7201; port 0 picks one). Default: no admin server.
+    #[arg(long, env = "BACKEND_ADMIN")]
+    admin: Option<SocketAddr>,
+}
+
 #[derive(Debug, Args)]
 struct MasterArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    admin: Admin,
     /// Jobs run at once (prefetch on crawl.jobs).
     #[arg(long, env = "BACKEND_JOBS", default_value_t = 4)]
     jobs: u16,
@@ -90,6 +109,8 @@ struct MasterArgs {
 struct WorkerArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    admin: Admin,
     /// Pages fetched at once (prefetch on crawl.tasks).
     #[arg(long, env = "BACKEND_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -125,6 +146,7 @@ fn main() -> ExitCode {
                 engine,
                 lease_ttl: Duration::from_millis(a.lease_ms.max(100)),
                 max_attempts: a.max_attempts.max(1),
+                admin: a.admin.admin,
             })
         }
         Role::DeadLetters(c) => {
@@ -145,6 +167,7 @@ fn main() -> ExitCode {
             amqp_url: a.common.amqp_url,
             redis_url: a.common.redis_url,
             concurrency: a.concurrency,
+            admin: a.admin.admin,
         }),
     };
     match result {

@@ -20,12 +20,14 @@
 //!    then acks the job.
 //!
 //! The master keeps a heartbeat record in the registry (load = jobs in
-//! flight, capacity = `--jobs`).
+//! flight, capacity = `--jobs`) and counts what it does in
+//! [`MasterMetrics`](super::metrics::MasterMetrics), served with `--admin`.
 
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -36,9 +38,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use tokio::runtime::Handle;
 
+use super::admin::Readiness;
+use super::metrics::{Metrics, MetricsRole};
 use super::presence::{self, InFlight, Presence};
 use super::task_queue::{route_replies, AmqpTaskQueue, Router};
-use super::{sessions_until_signal, SessionError};
+use super::{sessions_until_signal, NodeAdmin, SessionError};
 use crate::amqp::{self, JobMsg, Names, ResultMsg, StoredResult};
 use crate::cache::Fence;
 use crate::engine::{Engine, EngineConfig};
@@ -59,6 +63,8 @@ pub struct MasterConfig {
     pub lease_ttl: Duration,
     /// Deliveries of one job after which it is dead-lettered.
     pub max_attempts: u64,
+    /// Where the admin HTTP server listens (`--admin`); None: no server.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Runs a master, reconnecting with backoff, until SIGTERM or SIGINT; then
@@ -66,6 +72,7 @@ pub struct MasterConfig {
 /// abandoned unacked: the broker redelivers them and their leases run out,
 /// exactly as if the master had been killed.
 pub fn run_master(cfg: MasterConfig) -> std::io::Result<()> {
+    let admin = NodeAdmin::start(MetricsRole::Master, cfg.admin)?;
     let rt = amqp::runtime("master-amqp", 2)?;
     let prefix = cfg.names.redis_prefix();
     let coord = Arc::new(Coordination::new(&cfg.redis_url, &prefix, cfg.lease_ttl));
@@ -82,13 +89,23 @@ pub fn run_master(cfg: MasterConfig) -> std::io::Result<()> {
             role: Role::Master,
             id: &cfg.node_id,
             capacity: u64::from(cfg.jobs.max(1)),
+            admin: admin.record_addr(),
         },
         &in_flight,
     );
+    admin.announce("master", &cfg.node_id);
     let cfg = Arc::new(cfg);
     let signal = rt.block_on(sessions_until_signal("master", || {
-        master_session(cfg.clone(), coord.clone(), cache.clone(), in_flight.clone())
+        master_session(
+            cfg.clone(),
+            coord.clone(),
+            cache.clone(),
+            in_flight.clone(),
+            admin.metrics.clone(),
+            admin.readiness.clone(),
+        )
     }));
+    admin.readiness.set_stopping();
     tracing::info!(node = %cfg.node_id, signal, "master stopping");
     presence::stop(heartbeat);
     rt.shutdown_timeout(Duration::from_millis(500));
@@ -104,6 +121,7 @@ struct MasterCtx {
     publish: Channel,
     handle: Handle,
     owner: String,
+    metrics: Arc<Metrics>,
 }
 
 async fn master_session(
@@ -111,6 +129,8 @@ async fn master_session(
     coord: Arc<Coordination>,
     cache: Arc<RedisCache>,
     in_flight: InFlight,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
 ) -> Result<(), SessionError> {
     let conn = amqp::connect(&cfg.amqp_url, &format!("master {}", cfg.node_id)).await?;
     let publish = conn.create_channel().await?;
@@ -162,7 +182,10 @@ async fn master_session(
         engine,
         publish,
         handle: Handle::current(),
+        metrics,
     });
+    // Ready (for `/readyz`) from here until this session ends, however.
+    let _consuming = readiness.consuming();
     tracing::info!(node = %ctx.cfg.node_id, queue = %ctx.cfg.names.jobs(), "master consuming jobs");
     while let Some(delivery) = jobs.next().await {
         let delivery = delivery?;
@@ -244,15 +267,22 @@ impl MasterCtx {
         if let Some(c) = d.properties.correlation_id() {
             props = props.with_correlation_id(c.clone());
         }
-        self.publish_confirmed(
+        let moved = self.publish_confirmed(
             &self.cfg.names.dead_exchange(),
             &self.cfg.names.jobs(),
             &d.data,
             props,
-        )
+        );
+        if moved {
+            self.metrics.master.jobs_dead_lettered.inc();
+        }
+        moved
     }
 
     fn handle_job(&self, d: lapin::message::Delivery) {
+        if d.redelivered {
+            self.metrics.master.jobs_redelivered.inc();
+        }
         let job: JobMsg = match serde_json::from_slice(&d.data) {
             Ok(j) => j,
             Err(e) => {
@@ -271,7 +301,9 @@ impl MasterCtx {
                         event: JobEvent::Failed(JobFailure::new("job_failed", reason.clone())),
                         epoch: 0,
                     };
-                    self.send_result(&queue, &msg);
+                    if self.send_result(&queue, &msg) {
+                        self.metrics.master.jobs_failed.inc();
+                    }
                 }
                 if self.dead_letter(&d, &reason) {
                     self.ack(&d);
@@ -296,11 +328,18 @@ impl MasterCtx {
         if self.answered_before(&d, &job) {
             return;
         }
+        // One conflict per delivery, however long the wait: the counter says
+        // how often runners collide, not how long they poll.
+        let mut conflicted = false;
         let lease = loop {
             match self.coord.acquire(&job.token, &self.owner) {
                 LeaseAttempt::Acquired(l) => break Some(l),
                 LeaseAttempt::Unavailable => break None,
                 LeaseAttempt::Busy => {
+                    if !conflicted {
+                        conflicted = true;
+                        self.metrics.master.lease_conflicts.inc();
+                    }
                     // Another runner holds it: it finishes (and we find its
                     // result) or dies (and its lease runs out).
                     std::thread::sleep(Duration::from_millis(250));
@@ -315,6 +354,8 @@ impl MasterCtx {
         };
         let epoch = lease.as_ref().map_or(0, |l| l.epoch);
         tracing::info!(job = %job.key, url = %job.spec.url, depth = job.spec.depth, epoch, attempts, "job started");
+        self.metrics.master.jobs_started.inc();
+        let started = Instant::now();
         let renewing = self.keep_renewed(lease.clone());
         let run_key = format!("{}#{}#{}", job.key, self.owner, epoch);
         // Without a lease (Redis down) there is no epoch to fence with.
@@ -346,7 +387,14 @@ impl MasterCtx {
         }));
         renewing.store(false, Ordering::Relaxed);
         let event = match result {
-            Ok(Ok(outcome)) => JobEvent::Done(outcome),
+            Ok(Ok(outcome)) => {
+                if outcome.cached {
+                    self.metrics.master.cache_hits.inc();
+                } else {
+                    self.metrics.master.cache_misses.inc();
+                }
+                JobEvent::Done(outcome)
+            }
             Ok(Err(f)) if f.code == "backend_unavailable" => {
                 // The broker went away under the job: not the client's
                 // failure. Leave it to the redelivery.
@@ -367,7 +415,12 @@ impl MasterCtx {
                 return;
             }
         };
-        self.finish(&d, &job, epoch, event);
+        if self.finish(&d, &job, epoch, event) {
+            self.metrics
+                .master
+                .job_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         if let Some(l) = &lease {
             self.coord.release(l);
         }
@@ -398,8 +451,16 @@ impl MasterCtx {
 
     /// Commit (fenced), publish (confirmed), ack: in that order, so that a
     /// crash anywhere leaves the job either unacked (redelivered, and then
-    /// answered from the store) or fully answered.
-    fn finish(&self, d: &lapin::message::Delivery, job: &JobMsg, epoch: u64, event: JobEvent) {
+    /// answered from the store) or fully answered. True once answered and
+    /// acked (only then is it counted completed or failed: an unacked job
+    /// comes back and is counted by the run that answers it).
+    fn finish(
+        &self,
+        d: &lapin::message::Delivery,
+        job: &JobMsg,
+        epoch: u64,
+        event: JobEvent,
+    ) -> bool {
         let poison = matches!(&event, JobEvent::Failed(f) if f.code == "job_failed");
         let stored = StoredResult {
             key: job.key.clone(),
@@ -412,7 +473,7 @@ impl MasterCtx {
         {
             tracing::warn!(job = %job.key, epoch, "stale runner: a newer epoch owns this job; result dropped");
             self.ack(d);
-            return;
+            return false;
         }
         let msg = ResultMsg {
             key: job.key.clone(),
@@ -422,7 +483,7 @@ impl MasterCtx {
         };
         if !self.send_result(&job.reply_queue, &msg) {
             // Unacked: the broker redelivers and the store answers.
-            return;
+            return false;
         }
         if poison {
             let reason = match &msg.event {
@@ -430,12 +491,17 @@ impl MasterCtx {
                 _ => String::new(),
             };
             if !self.dead_letter(d, &reason) {
-                return;
+                return false;
             }
         }
         self.ack(d);
         self.coord.clear_attempts(&job.token);
+        match &msg.event {
+            JobEvent::Failed(_) => self.metrics.master.jobs_failed.inc(),
+            _ => self.metrics.master.jobs_completed.inc(),
+        };
         tracing::info!(job = %job.key, epoch, "job answered");
+        true
     }
 
     /// Renews the lease every third of its TTL until the flag is cleared.

@@ -17,7 +17,9 @@
 //!   without consuming it;
 //! - [`presence`]: the heartbeat record both roles keep in the
 //!   [membership registry](crate::membership), so `gateway status` lists
-//!   them next to the gateways.
+//!   them next to the gateways;
+//! - [`admin`] and [`metrics`]: the optional admin HTTP server (`--admin`:
+//!   `/metrics`, `/healthz`, `/readyz`) and the metrics it renders.
 //!
 //! This module holds what master and worker share: the reconnect loop
 //! around a broker session and the clean exit on SIGTERM/SIGINT (the
@@ -28,13 +30,17 @@
 //! code runs on tokio's blocking threads and reaches the broker through
 //! `Handle::block_on`.
 
+pub mod admin;
 mod dead_letters;
 mod master;
+pub mod metrics;
 mod presence;
 mod task_queue;
 mod worker;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
@@ -46,6 +52,54 @@ pub use task_queue::AmqpTaskQueue;
 pub use worker::{run_worker, WorkerNodeConfig};
 
 type SessionError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a node's admin side is made of: its metrics, its readiness, and
+/// the address the admin server bound (None without `--admin`).
+struct NodeAdmin {
+    metrics: Arc<metrics::Metrics>,
+    readiness: Arc<admin::Readiness>,
+    bound: Option<SocketAddr>,
+}
+
+impl NodeAdmin {
+    /// Creates the metrics and readiness and, with an address, starts the
+    /// admin server. A bind failure is fatal: the operator asked for the
+    /// endpoint, and a node nobody can probe would look dead to them.
+    fn start(role: metrics::MetricsRole, addr: Option<SocketAddr>) -> std::io::Result<NodeAdmin> {
+        let metrics = Arc::new(metrics::Metrics::new(role));
+        let readiness = Arc::new(admin::Readiness::default());
+        let bound =
+            match addr {
+                Some(a) => Some(admin::spawn(a, metrics.clone(), readiness.clone()).map_err(
+                    |e| std::io::Error::new(e.kind(), format!("admin server on {a}: {e}")),
+                )?),
+                None => None,
+            };
+        Ok(NodeAdmin {
+            metrics,
+            readiness,
+            bound,
+        })
+    }
+
+    /// The registry record's `admin` field: `host:port`, or empty.
+    fn record_addr(&self) -> String {
+        self.bound.map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    /// The startup line: a log line for people and, with `--admin`, a
+    /// stdout line (`admin=http://ADDR`) for scripts and tests, the way the
+    /// gateway prints its bound addresses.
+    fn announce(&self, role: &str, node: &str) {
+        match self.bound {
+            Some(a) => {
+                tracing::info!(role, node, admin = %a, "{role} started");
+                println!("started role={role} node={node} admin=http://{a}");
+            }
+            None => tracing::info!(role, node, admin = "off", "{role} started"),
+        }
+    }
+}
 
 /// How long a session must have lasted for its end to count as a fresh
 /// failure (backoff back to its first step) rather than a flapping broker.

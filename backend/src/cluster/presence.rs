@@ -5,8 +5,8 @@
 //!
 //! The record's `connections` is the jobs (master) or tasks (worker) being
 //! handled right now, `capacity` the prefetch (`--jobs`, `--concurrency`).
-//! Masters and workers have no admin HTTP address or public URL, so those
-//! fields stay empty.
+//! `admin` is the bound `--admin` address (empty without one); masters and
+//! workers have no public URL, so that field stays empty.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,6 +50,8 @@ pub(super) struct Presence<'a> {
     pub role: Role,
     pub id: &'a str,
     pub capacity: u64,
+    /// Bound admin HTTP address (`host:port`), or empty.
+    pub admin: String,
 }
 
 /// Starts the heartbeat thread. A bad Redis URL is logged, not fatal: the
@@ -57,6 +59,7 @@ pub(super) struct Presence<'a> {
 pub(super) fn start(p: Presence<'_>, in_flight: &InFlight) -> Option<Heartbeat> {
     let mut config = HeartbeatConfig::new(p.redis_url, p.role, p.id);
     config.key_prefix = p.key_prefix;
+    config.admin = p.admin;
     let (count, capacity) = (in_flight.clone(), p.capacity);
     let load = Arc::new(move || Load {
         connections: count.get(),

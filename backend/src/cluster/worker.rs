@@ -7,16 +7,20 @@
 //! task unacked and the broker redelivers it to another worker. A task past
 //! its deadline is answered `expired` without fetching (its master has
 //! moved on). The worker keeps a heartbeat record in the registry (load =
-//! tasks in flight).
+//! tasks in flight) and counts its tasks in
+//! [`WorkerMetrics`](super::metrics::WorkerMetrics), served with `--admin`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 
+use super::admin::Readiness;
+use super::metrics::{Metrics, MetricsRole};
 use super::presence::{self, InFlight, Presence};
-use super::{sessions_until_signal, SessionError};
+use super::{sessions_until_signal, NodeAdmin, SessionError};
 use crate::amqp::{self, Names};
 use crate::engine::EngineConfig;
 use crate::membership::Role;
@@ -35,12 +39,15 @@ pub struct WorkerNodeConfig {
     /// Tasks fetched at once (the `crawl.tasks` prefetch).
     pub concurrency: u16,
     pub engine: EngineConfig,
+    /// Where the admin HTTP server listens (`--admin`); None: no server.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Runs a worker, reconnecting with backoff, until SIGTERM or SIGINT; then
 /// removes its registry record and returns (unacked tasks go back to the
 /// broker as the process exits).
 pub fn run_worker(cfg: WorkerNodeConfig) -> std::io::Result<()> {
+    let admin = NodeAdmin::start(MetricsRole::Worker, cfg.admin)?;
     let rt = amqp::runtime("worker-amqp", 2)?;
     let worker = Arc::new(Worker::new(cfg.engine.worker_config()));
     let in_flight = InFlight::default();
@@ -51,13 +58,22 @@ pub fn run_worker(cfg: WorkerNodeConfig) -> std::io::Result<()> {
             role: Role::Worker,
             id: &cfg.node_id,
             capacity: u64::from(cfg.concurrency.max(1)),
+            admin: admin.record_addr(),
         },
         &in_flight,
     );
+    admin.announce("worker", &cfg.node_id);
     let cfg = Arc::new(cfg);
     let signal = rt.block_on(sessions_until_signal("worker", || {
-        worker_session(cfg.clone(), worker.clone(), in_flight.clone())
+        worker_session(
+            cfg.clone(),
+            worker.clone(),
+            in_flight.clone(),
+            admin.metrics.clone(),
+            admin.readiness.clone(),
+        )
     }));
+    admin.readiness.set_stopping();
     tracing::info!(node = %cfg.node_id, signal, "worker stopping");
     presence::stop(heartbeat);
     // Fetches still running are abandoned: their tasks are unacked and
@@ -77,6 +93,8 @@ async fn worker_session(
     cfg: Arc<WorkerNodeConfig>,
     worker: Arc<Worker>,
     in_flight: InFlight,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
 ) -> Result<(), SessionError> {
     let conn = amqp::connect(&cfg.amqp_url, &format!("worker {}", cfg.node_id)).await?;
     let ch = conn.create_channel().await?;
@@ -88,10 +106,12 @@ async fn worker_session(
         cfg.concurrency,
     )
     .await?;
+    // Ready (for `/readyz`) from here until this session ends, however.
+    let _consuming = readiness.consuming();
     tracing::info!(node = %cfg.node_id, concurrency = cfg.concurrency, "worker consuming tasks");
     while let Some(delivery) = tasks.next().await {
         let delivery = delivery?;
-        let (worker, ch) = (worker.clone(), ch.clone());
+        let (worker, ch, metrics) = (worker.clone(), ch.clone(), metrics.clone());
         let busy = in_flight.enter();
         tokio::spawn(async move {
             let _busy = busy;
@@ -99,6 +119,7 @@ async fn worker_session(
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed task dropped");
+                    metrics.worker.task("malformed", Some("not_a_task"));
                     let _ = delivery
                         .nack(BasicNackOptions {
                             requeue: false,
@@ -114,17 +135,32 @@ async fn worker_session(
                 .as_ref()
                 .map(|s| s.to_string())
             else {
+                // Nobody to answer: acked so it is not redelivered forever.
+                metrics.worker.task("malformed", Some("no_reply_to"));
                 let _ = delivery.ack(BasicAckOptions::default()).await;
                 return;
             };
             let reply = if task.deadline_ms != 0 && now_ms() > task.deadline_ms {
+                metrics.worker.task("expired", Some("expired"));
                 FetchReply::failed(&task, "expired")
             } else {
                 let t = task.clone();
-                match tokio::task::spawn_blocking(move || worker.handle(&t)).await {
+                let started = Instant::now();
+                let reply = match tokio::task::spawn_blocking(move || worker.handle(&t)).await {
                     Ok(r) => r,
                     Err(_) => FetchReply::failed(&task, "internal_error"),
-                }
+                };
+                metrics
+                    .worker
+                    .fetch_duration
+                    .observe(started.elapsed().as_secs_f64());
+                let outcome = if reply.reason.is_none() {
+                    "ok"
+                } else {
+                    "failed"
+                };
+                metrics.worker.task(outcome, reply.reason.as_deref());
+                reply
             };
             let Ok(body) = serde_json::to_vec(&reply) else {
                 return;
