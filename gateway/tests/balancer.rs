@@ -300,3 +300,126 @@ fn http_end_to_end_with_drain_and_redis_outage() {
     assert_eq!(b.get("/healthz").0, 200);
     assert_eq!(b.get("/nope").0, 404);
 }
+
+/// Sends `GET /v1/gateway` on `stream` (keep-alive) and returns when the whole
+/// answer is in: status, raw head and body.
+fn read_answer(stream: &mut std::net::TcpStream) -> std::io::Result<(u16, String, String)> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..end].to_string();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + length {
+            let code = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = text[end + 4..end + 4 + length].to_string();
+            return Ok((code, head, body));
+        }
+    }
+}
+
+/// 2,000 new keep-alive connections at once, all held open until every one
+/// has its placement: none may wait long. (A thread-per-connection server
+/// strands a burst like this behind connections that stay open, and a
+/// 128-deep accept backlog drops SYNs, which the client retries after 1 s.)
+#[test]
+fn burst_of_new_connections_is_answered_promptly() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::time::Instant;
+    const THREADS: usize = 20;
+    const PER_THREAD: usize = 100;
+
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("balancer-burst");
+    let b = Balancer::start(&redis, &prefix, &[]);
+    let _gw = gateway_heartbeat(&redis, &prefix, "gw-a", 0);
+    assert!(wait_until(Duration::from_secs(3), || b
+        .get("/v1/gateway")
+        .0
+        == 200));
+
+    let addr = format!("127.0.0.1:{}", b.port);
+    let go = Arc::new(std::sync::Barrier::new(THREADS));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (addr, go) = (addr.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                // Open every connection and send its request before reading
+                // any answer, so the server sees the whole burst at once.
+                let mut open = Vec::with_capacity(PER_THREAD);
+                for _ in 0..PER_THREAD {
+                    let sent = Instant::now();
+                    let mut s = TcpStream::connect(&addr).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    s.write_all(b"GET /v1/gateway HTTP/1.1\r\nHost: balancer\r\n\r\n")
+                        .expect("send");
+                    open.push((s, sent));
+                }
+                // Read in order: a later answer's time includes reading the
+                // earlier ones, so these latencies are upper bounds.
+                let mut worst = Duration::ZERO;
+                for (s, sent) in &mut open {
+                    let (code, head, body) = read_answer(s).expect("an answer");
+                    assert_eq!(code, 200, "{body}");
+                    assert!(
+                        head.to_ascii_lowercase()
+                            .contains("access-control-allow-origin: *"),
+                        "{head}"
+                    );
+                    worst = worst.max(sent.elapsed());
+                }
+                worst
+            })
+        })
+        .collect();
+    let worst = workers
+        .into_iter()
+        .map(|w| w.join().expect("burst client"))
+        .max()
+        .unwrap();
+    eprintln!(
+        "slowest of {} new connections: {worst:?}",
+        THREADS * PER_THREAD
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "slowest of {} new connections took {worst:?}",
+        THREADS * PER_THREAD
+    );
+
+    // HEAD is a probe: 200, no body, and not counted as a placement.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"HEAD /v1/gateway HTTP/1.1\r\nHost: balancer\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "a body after HEAD: {answer}");
+    let placed = format!(
+        "balancer_placements_total{{node=\"gw-a\"}} {}",
+        THREADS * PER_THREAD + 1
+    );
+    assert!(b.metrics().contains(&placed), "{placed}");
+}

@@ -7,8 +7,9 @@
 //! and `/healthz` are for operators.
 //!
 //! A refresh thread ([`refresh`]) reads the membership registry from Redis
-//! about once a second and publishes an immutable [`view::View`]; request
-//! threads ([`http`]) only read that view, so requests never wait on Redis.
+//! about once a second and publishes an immutable [`view::View`]; requests
+//! ([`http`], hyper on a tokio runtime with `threads` workers) only read that
+//! view, so requests never wait on Redis.
 //! When Redis fails the balancer keeps answering from its last good view for
 //! `stale_grace`, and says so in its metrics
 //! (`balancer_serving_stale_view`, `balancer_redis_up`).
@@ -22,7 +23,7 @@ pub mod view;
 use metrics::Metrics;
 use parking_lot::{Mutex, RwLock};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,9 +45,15 @@ pub struct Config {
     pub fresh: Duration,
     /// How long to keep answering from the last good view while Redis fails.
     pub stale_grace: Duration,
-    /// HTTP worker threads.
+    /// HTTP worker threads (the tokio runtime's workers).
     pub threads: usize,
 }
+
+/// Accept queue length asked of the kernel (which caps it at
+/// `net.core.somaxconn`). The standard library's 128 overflows when a few
+/// thousand clients connect at once; each dropped SYN costs that client a
+/// 1 s (then 3 s, 7 s) retransmit.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -95,25 +102,32 @@ impl Shared {
     }
 }
 
-/// A running balancer: HTTP threads plus the refresh thread.
+/// A running balancer: the HTTP runtime plus the refresh thread.
 pub struct Balancer {
     shared: Arc<Shared>,
-    server: Arc<tiny_http::Server>,
+    /// Serves HTTP; dropping it closes the listener and every connection.
+    runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
-    threads: Vec<JoinHandle<()>>,
+    refresh: Option<JoinHandle<()>>,
 }
 
 /// Binds the listener and starts serving.
 pub fn serve(config: Config) -> io::Result<Balancer> {
     redis::Client::open(config.redis_url.as_str())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let server = tiny_http::Server::http(config.listen.as_str())
-        .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| io::Error::other("listener has no IP address"))?;
-    let server = Arc::new(server);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads.max(1))
+        .thread_name("balancer-http")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = {
+        // Registering the listener needs the runtime's reactor.
+        let _entered = runtime.enter();
+        bind(&config.listen)
+            .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", config.listen)))?
+    };
+    let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(View::empty())),
         last_ok: Mutex::new(None),
@@ -121,28 +135,42 @@ pub fn serve(config: Config) -> io::Result<Balancer> {
         stop: AtomicBool::new(false),
         config,
     });
-    let mut threads = Vec::new();
     let s = shared.clone();
-    threads.push(
-        std::thread::Builder::new()
-            .name("balancer-refresh".into())
-            .spawn(move || refresh::run(&s))?,
-    );
-    for i in 0..shared.config.threads.max(1) {
-        let (s, srv) = (shared.clone(), server.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("balancer-http-{i}"))
-                .spawn(move || http::run(&s, &srv))?,
-        );
-    }
+    let refresh = std::thread::Builder::new()
+        .name("balancer-refresh".into())
+        .spawn(move || refresh::run(&s))?;
+    runtime.spawn(http::serve(shared.clone(), listener));
     tracing::info!(listen = %addr, redis = %shared.config.redis_url, "balancer serving");
     Ok(Balancer {
         shared,
-        server,
+        runtime: Some(runtime),
         addr,
-        threads,
+        refresh: Some(refresh),
     })
+}
+
+/// Binds the first address `listen` resolves to that accepts, with a
+/// [`LISTEN_BACKLOG`]-deep accept queue (`std` and `tokio` offer only 128
+/// and 1024).
+fn bind(listen: &str) -> io::Result<tokio::net::TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
+    for addr in listen.to_socket_addrs()? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std does: a restarted balancer must not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl Balancer {
@@ -151,24 +179,30 @@ impl Balancer {
         self.addr
     }
 
-    /// Blocks until the balancer stops (it does not on its own).
+    /// Blocks until the balancer stops. It does not on its own: this
+    /// returns only if the refresh thread died (a panic), after which the
+    /// view would go stale, so the caller should exit and be restarted.
     pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if let Some(t) = self.refresh.take() {
+            if t.join().is_err() {
+                tracing::error!("the refresh thread panicked");
+            }
         }
     }
 
-    /// Stops every thread and waits for them.
+    /// Stops serving and the refresh thread, and waits for them.
     pub fn shutdown(mut self) {
         self.stop_threads();
     }
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        for _ in 0..self.threads.len() {
-            self.server.unblock();
+        if let Some(rt) = self.runtime.take() {
+            // Handlers never block, so this returns at once; the bound is a
+            // guard, not a wait.
+            rt.shutdown_timeout(Duration::from_secs(1));
         }
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.refresh.take() {
             let _ = t.join();
         }
     }
