@@ -65,8 +65,11 @@ fn main() -> ExitCode {
     };
     match serve(config) {
         Ok(balancer) => {
+            // Returns only if the refresh thread died: exit so a supervisor
+            // restarts us rather than serve an ever older view.
             balancer.wait();
-            ExitCode::SUCCESS
+            eprintln!("balancer: the registry refresh stopped");
+            ExitCode::FAILURE
         }
         Err(e) => {
             eprintln!("balancer: {e}");
