@@ -27,8 +27,8 @@
 //! fencing) and [`cluster`] (the `backend master` and `backend worker`
 //! processes); [`gateway_link`] is the gateway's side of the broker.
 //! [`membership`] is the Redis registry every gateway, master and worker
-//! heartbeats into, and [`backoff`] the one reconnect backoff of the
-//! workspace.
+//! heartbeats into, [`backoff`] the one reconnect backoff of the
+//! workspace and [`http_server`] its one HTTP server.
 
 pub mod amqp;
 pub mod backoff;
@@ -38,6 +38,7 @@ pub mod engine;
 pub mod extract;
 pub mod gateway_link;
 pub mod guard;
+pub mod http_server;
 pub mod job;
 pub mod logging;
 pub mod master;

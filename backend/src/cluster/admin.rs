@@ -8,17 +8,17 @@
 //!   shutting down; so a probe tells a node that takes work from one that
 //!   merely runs.
 //!
-//! It runs on its own threads with `tiny_http` (as the gateway's admin
-//! server does), away from the tokio runtime that talks to the broker: a slow
-//! scraper cannot delay a job, and a stuck runtime still answers `/healthz`.
+//! It runs on its own small runtime ([`crate::http_server`], as the gateway's
+//! admin server does), apart from the tokio runtime that talks to the broker:
+//! a slow scraper cannot delay a job, and a stuck broker runtime still
+//! answers `/healthz`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tiny_http::{Header, Method, Request, Response, Server};
-
 use super::metrics::Metrics;
+use crate::http_server::{self, Method, Reply};
 
 /// Two threads, so one slow scrape does not block a health probe.
 const THREADS: usize = 2;
@@ -66,48 +66,33 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
 ) -> std::io::Result<SocketAddr> {
-    let server = Server::http(addr).map_err(std::io::Error::other)?;
-    let bound = server.server_addr().to_ip().unwrap_or(addr);
-    let server = Arc::new(server);
-    for i in 0..THREADS {
-        let (server, metrics, readiness) = (server.clone(), metrics.clone(), readiness.clone());
-        std::thread::Builder::new()
-            .name(format!("admin-{i}"))
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    serve(request, &metrics, &readiness);
-                }
-            })?;
-    }
-    Ok(bound)
+    http_server::spawn(
+        addr,
+        THREADS,
+        "admin",
+        Arc::new(move |method: &Method, path: &str| serve(method, path, &metrics, &readiness)),
+    )
 }
 
-fn serve(request: Request, metrics: &Metrics, readiness: &Readiness) {
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let response = match (request.method(), path.as_str()) {
-        (Method::Get, "/metrics") => text(
+fn serve(method: &Method, path: &str, metrics: &Metrics, readiness: &Readiness) -> Reply {
+    if method != Method::GET {
+        return text(404, "not found\n", "text/plain");
+    }
+    match path {
+        "/metrics" => text(
             200,
             metrics.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        (Method::Get, "/healthz") => text(200, "ok\n".into(), "text/plain"),
-        (Method::Get, "/readyz") if readiness.is_ready() => {
-            text(200, "ready\n".into(), "text/plain")
-        }
-        (Method::Get, "/readyz") => text(503, "not consuming\n".into(), "text/plain"),
-        _ => text(404, "not found\n".into(), "text/plain"),
-    };
-    if let Err(e) = request.respond(response) {
-        tracing::warn!(error = %e, "admin response failed");
+        "/healthz" => text(200, "ok\n", "text/plain"),
+        "/readyz" if readiness.is_ready() => text(200, "ready\n", "text/plain"),
+        "/readyz" => text(503, "not consuming\n", "text/plain"),
+        _ => text(404, "not found\n", "text/plain"),
     }
 }
 
-fn text(code: u16, body: String, content_type: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_string(body).with_status_code(code);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    response
+fn text(code: u16, body: impl Into<String>, content_type: &'static str) -> Reply {
+    Reply::new(code, content_type, body)
 }
 
 #[cfg(test)]

@@ -7,19 +7,19 @@
 //! - `/status.json`: the live numbers the status page draws.
 //! - `/`: the status page, for a person.
 //!
-//! It runs on its own threads with `tiny_http`, far from the reactor: a slow
-//! scraper cannot delay a websocket.
+//! It runs on its own small runtime ([`backend::http_server`], hyper), far
+//! from the reactor: a slow scraper cannot delay a websocket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use backend::http_server::{self, Method, Reply};
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response, Server};
-use tracing::warn;
 
 use crate::metrics::{resident_memory_bytes, Metrics};
 use crate::status::Status;
 
+/// Two threads, so one slow scrape does not block a health probe.
 const THREADS: usize = 2;
 
 /// Binds the admin address and serves it on background threads; returns the
@@ -29,43 +29,30 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     status: Arc<Status>,
 ) -> std::io::Result<SocketAddr> {
-    let server = Server::http(addr).map_err(std::io::Error::other)?;
-    let bound = server.server_addr().to_ip().unwrap_or(addr);
-    let server = Arc::new(server);
-    for i in 0..THREADS {
-        let (server, metrics, status) = (server.clone(), metrics.clone(), status.clone());
-        std::thread::Builder::new()
-            .name(format!("admin-{i}"))
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    serve(request, &metrics, &status);
-                }
-            })?;
-    }
-    Ok(bound)
+    http_server::spawn(
+        addr,
+        THREADS,
+        "admin",
+        Arc::new(move |method: &Method, path: &str| serve(method, path, &metrics, &status)),
+    )
 }
 
-fn serve(request: Request, metrics: &Metrics, status: &Status) {
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let response = match (request.method(), path.as_str()) {
-        (Method::Get, "/metrics") => text(
+fn serve(method: &Method, path: &str, metrics: &Metrics, status: &Status) -> Reply {
+    if method != Method::GET {
+        return text(404, "not found\n", "text/plain");
+    }
+    match path {
+        "/metrics" => text(
             200,
             metrics.render(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        (Method::Get, "/healthz") => text(200, "ok\n".into(), "text/plain"),
-        (Method::Get, "/readyz") if status.is_draining() => {
-            text(503, "draining\n".into(), "text/plain")
-        }
-        (Method::Get, "/readyz") => text(200, "ready\n".into(), "text/plain"),
-        (Method::Get, "/status.json") => {
-            text(200, status_json(status).to_string(), "application/json")
-        }
-        (Method::Get, "/") => text(200, STATUS_PAGE.into(), "text/html; charset=utf-8"),
-        _ => text(404, "not found\n".into(), "text/plain"),
-    };
-    if let Err(e) = request.respond(response) {
-        warn!(error = %e, "admin response failed");
+        "/healthz" => text(200, "ok\n", "text/plain"),
+        "/readyz" if status.is_draining() => text(503, "draining\n", "text/plain"),
+        "/readyz" => text(200, "ready\n", "text/plain"),
+        "/status.json" => text(200, status_json(status).to_string(), "application/json"),
+        "/" => text(200, STATUS_PAGE, "text/html; charset=utf-8"),
+        _ => text(404, "not found\n", "text/plain"),
     }
 }
 
@@ -85,10 +72,6 @@ fn status_json(status: &Status) -> serde_json::Value {
     })
 }
 
-fn text(code: u16, body: String, content_type: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_string(body).with_status_code(code);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response.add_header(header);
-    }
-    response
+fn text(code: u16, body: impl Into<String>, content_type: &'static str) -> Reply {
+    Reply::new(code, content_type, body)
 }

@@ -20,10 +20,11 @@ pub mod metrics;
 mod refresh;
 pub mod view;
 
+use backend::http_server::{self, Method};
 use metrics::Metrics;
 use parking_lot::{Mutex, RwLock};
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,11 +50,8 @@ pub struct Config {
     pub threads: usize,
 }
 
-/// Accept queue length asked of the kernel (which caps it at
-/// `net.core.somaxconn`). The standard library's 128 overflows when a few
-/// thousand clients connect at once; each dropped SYN costs that client a
-/// 1 s (then 3 s, 7 s) retransmit.
-pub const LISTEN_BACKLOG: u32 = 4096;
+/// Accept queue length asked of the kernel; see [`backend::http_server`].
+pub use backend::http_server::LISTEN_BACKLOG;
 
 impl Default for Config {
     fn default() -> Self {
@@ -106,7 +104,7 @@ impl Shared {
 pub struct Balancer {
     shared: Arc<Shared>,
     /// Serves HTTP; dropping it closes the listener and every connection.
-    runtime: Option<tokio::runtime::Runtime>,
+    http: Option<http_server::Server>,
     addr: SocketAddr,
     refresh: Option<JoinHandle<()>>,
 }
@@ -115,19 +113,6 @@ pub struct Balancer {
 pub fn serve(config: Config) -> io::Result<Balancer> {
     redis::Client::open(config.redis_url.as_str())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.threads.max(1))
-        .thread_name("balancer-http")
-        .enable_io()
-        .enable_time()
-        .build()?;
-    let listener = {
-        // Registering the listener needs the runtime's reactor.
-        let _entered = runtime.enter();
-        bind(&config.listen)
-            .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", config.listen)))?
-    };
-    let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         view: RwLock::new(Arc::new(View::empty())),
         last_ok: Mutex::new(None),
@@ -136,41 +121,25 @@ pub fn serve(config: Config) -> io::Result<Balancer> {
         config,
     });
     let s = shared.clone();
+    let server = http_server::start(
+        shared.config.listen.as_str(),
+        shared.config.threads,
+        "balancer-http",
+        Arc::new(move |method: &Method, path: &str| http::handle(&s, method, path)),
+    )
+    .map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", shared.config.listen)))?;
+    let addr = server.local_addr();
+    let s = shared.clone();
     let refresh = std::thread::Builder::new()
         .name("balancer-refresh".into())
         .spawn(move || refresh::run(&s))?;
-    runtime.spawn(http::serve(shared.clone(), listener));
     tracing::info!(listen = %addr, redis = %shared.config.redis_url, "balancer serving");
     Ok(Balancer {
         shared,
-        runtime: Some(runtime),
+        http: Some(server),
         addr,
         refresh: Some(refresh),
     })
-}
-
-/// Binds the first address `listen` resolves to that accepts, with a
-/// [`LISTEN_BACKLOG`]-deep accept queue (`std` and `tokio` offer only 128
-/// and 1024).
-fn bind(listen: &str) -> io::Result<tokio::net::TcpListener> {
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address");
-    for addr in listen.to_socket_addrs()? {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        // As std does: a restarted balancer must not wait out TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        match socket
-            .bind(addr)
-            .and_then(|()| socket.listen(LISTEN_BACKLOG))
-        {
-            Ok(listener) => return Ok(listener),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 impl Balancer {
@@ -197,10 +166,8 @@ impl Balancer {
 
     fn stop_threads(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(rt) = self.runtime.take() {
-            // Handlers never block, so this returns at once; the bound is a
-            // guard, not a wait.
-            rt.shutdown_timeout(Duration::from_secs(1));
+        if let Some(server) = self.http.take() {
+            server.shutdown();
         }
         if let Some(t) = self.refresh.take() {
             let _ = t.join();
