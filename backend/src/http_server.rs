@@ -60,6 +60,32 @@ impl Reply {
     }
 }
 
+/// The routes every admin server answers alike: only GET is served,
+/// `/metrics` (rendered on demand), `/healthz`, and `/readyz` from
+/// `ready` (`Err(why)` is a 503 saying why). `None` for any other GET path,
+/// which the caller routes itself.
+pub fn admin_route(
+    method: &Method,
+    path: &str,
+    metrics: impl FnOnce() -> String,
+    ready: Result<(), &'static str>,
+) -> Option<Reply> {
+    if method != Method::GET {
+        return Some(Reply::new(404, "text/plain", "not found\n"));
+    }
+    Some(match (path, ready) {
+        ("/metrics", _) => Reply::new(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics(),
+        ),
+        ("/healthz", _) => Reply::new(200, "text/plain", "ok\n"),
+        ("/readyz", Ok(())) => Reply::new(200, "text/plain", "ready\n"),
+        ("/readyz", Err(why)) => Reply::new(503, "text/plain", format!("{why}\n")),
+        _ => return None,
+    })
+}
+
 /// Routes a request by method and path (without the query string).
 pub type Handler = Arc<dyn Fn(&Method, &str) -> Reply + Send + Sync>;
 

@@ -43,6 +43,7 @@ pub mod job;
 pub mod logging;
 pub mod master;
 pub mod membership;
+pub mod process;
 pub mod queue;
 pub mod redis_store;
 pub mod robots;

@@ -75,24 +75,13 @@ pub fn spawn(
 }
 
 fn serve(method: &Method, path: &str, metrics: &Metrics, readiness: &Readiness) -> Reply {
-    if method != Method::GET {
-        return text(404, "not found\n", "text/plain");
-    }
-    match path {
-        "/metrics" => text(
-            200,
-            metrics.render(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        "/healthz" => text(200, "ok\n", "text/plain"),
-        "/readyz" if readiness.is_ready() => text(200, "ready\n", "text/plain"),
-        "/readyz" => text(503, "not consuming\n", "text/plain"),
-        _ => text(404, "not found\n", "text/plain"),
-    }
-}
-
-fn text(code: u16, body: impl Into<String>, content_type: &'static str) -> Reply {
-    Reply::new(code, content_type, body)
+    let ready = if readiness.is_ready() {
+        Ok(())
+    } else {
+        Err("not consuming")
+    };
+    http_server::admin_route(method, path, || metrics.render(), ready)
+        .unwrap_or_else(|| Reply::new(404, "text/plain", "not found\n"))
 }
 
 #[cfg(test)]

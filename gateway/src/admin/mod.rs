@@ -16,7 +16,9 @@ use std::sync::Arc;
 use backend::http_server::{self, Method, Reply};
 use serde_json::json;
 
-use crate::metrics::{resident_memory_bytes, Metrics};
+use backend::process::resident_memory_bytes;
+
+use crate::metrics::Metrics;
 use crate::status::Status;
 
 /// Two threads, so one slow scrape does not block a health probe.
@@ -38,21 +40,18 @@ pub fn spawn(
 }
 
 fn serve(method: &Method, path: &str, metrics: &Metrics, status: &Status) -> Reply {
-    if method != Method::GET {
-        return text(404, "not found\n", "text/plain");
+    let ready = if status.is_draining() {
+        Err("draining")
+    } else {
+        Ok(())
+    };
+    if let Some(reply) = http_server::admin_route(method, path, || metrics.render(), ready) {
+        return reply;
     }
     match path {
-        "/metrics" => text(
-            200,
-            metrics.render(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
-        "/healthz" => text(200, "ok\n", "text/plain"),
-        "/readyz" if status.is_draining() => text(503, "draining\n", "text/plain"),
-        "/readyz" => text(200, "ready\n", "text/plain"),
-        "/status.json" => text(200, status_json(status).to_string(), "application/json"),
-        "/" => text(200, STATUS_PAGE, "text/html; charset=utf-8"),
-        _ => text(404, "not found\n", "text/plain"),
+        "/status.json" => Reply::new(200, "application/json", status_json(status).to_string()),
+        "/" => Reply::new(200, "text/html; charset=utf-8", STATUS_PAGE),
+        _ => Reply::new(404, "text/plain", "not found\n"),
     }
 }
 
@@ -70,8 +69,4 @@ fn status_json(status: &Status) -> serde_json::Value {
         "resident_memory_bytes": resident_memory_bytes(),
         "version": env!("CARGO_PKG_VERSION"),
     })
-}
-
-fn text(code: u16, body: impl Into<String>, content_type: &'static str) -> Reply {
-    Reply::new(code, content_type, body)
 }
