@@ -27,8 +27,10 @@ impl Status {
         }
     }
 
-    /// Counts one more open websocket if there is room; false when full.
-    pub fn reserve_connection(&self, max: usize) -> bool {
+    /// Counts one more open websocket if there is room under
+    /// `max_connections`; false when full.
+    pub fn reserve_connection(&self) -> bool {
+        let max = self.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -60,11 +62,11 @@ mod tests {
     #[test]
     fn reservations_stop_at_the_limit() {
         let status = Status::new("gw".into(), "echo", 2);
-        assert!(status.reserve_connection(2));
-        assert!(status.reserve_connection(2));
-        assert!(!status.reserve_connection(2));
+        assert!(status.reserve_connection());
+        assert!(status.reserve_connection());
+        assert!(!status.reserve_connection());
         status.release_connection();
-        assert!(status.reserve_connection(2));
+        assert!(status.reserve_connection());
         assert_eq!(status.open_connections(), 2);
     }
 }

@@ -52,7 +52,6 @@ const POOLED_SESSIONS: usize = 256;
 
 /// Limits every reader enforces.
 pub struct Limits {
-    pub max_connections: usize,
     pub max_message_bytes: usize,
     pub max_outbound_bytes: usize,
     pub max_jobs_per_connection: u8,
@@ -194,7 +193,6 @@ impl Reactor {
         let (reply_tx, replies) = crossbeam_channel::unbounded();
         let backend = make_backend(ReplySink::new(reply_tx, waker.clone()))?;
         let limits = Limits {
-            max_connections: config.max_connections,
             max_message_bytes: config.max_message_bytes,
             max_outbound_bytes: config.max_outbound_bytes,
             max_jobs_per_connection: config.max_jobs_per_connection.max(1),

@@ -353,7 +353,7 @@ fn upgrade(shared: &Shared, conn: &mut Conn, session: &mut Session) -> Result<()
     let status = &shared.status;
     let admission = if status.is_draining() {
         Admission::Draining
-    } else if status.reserve_connection(shared.limits.max_connections) {
+    } else if status.reserve_connection() {
         Admission::Open
     } else {
         Admission::Full
