@@ -3,8 +3,7 @@
 //! I/O: it measures the gateway itself, and with a delay it stands in for
 //! long-running jobs (idle connections with a job in flight).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use backend::job::{CrawlOutcome, CrawlSpec, JobEvent, JobFailure};
@@ -30,28 +29,20 @@ impl EchoBackend {
             std::thread::Builder::new()
                 .name("echo-timer".into())
                 .spawn(move || {
-                    let mut due = BinaryHeap::new();
-                    let mut seq = 0u64;
+                    // Every job waits the same delay, so they come due in
+                    // the order they arrived: a queue, not a heap.
+                    let mut due: VecDeque<(Instant, JobTicket, CrawlSpec)> = VecDeque::new();
                     loop {
-                        let wait = due
-                            .peek()
-                            .map(|Reverse((at, _, _)): &Reverse<(Instant, u64, _)>| {
-                                at.saturating_duration_since(Instant::now())
-                            })
-                            .unwrap_or(Duration::from_secs(3600));
+                        let wait = due.front().map_or(Duration::from_secs(3600), |(at, _, _)| {
+                            at.saturating_duration_since(Instant::now())
+                        });
                         match rx.recv_timeout(wait) {
-                            Ok((at, ticket, spec)) => {
-                                seq += 1;
-                                due.push(Reverse((at, seq, Job(ticket, spec))));
-                            }
+                            Ok(job) => due.push_back(job),
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
-                        while due
-                            .peek()
-                            .is_some_and(|Reverse((at, _, _))| *at <= Instant::now())
-                        {
-                            if let Some(Reverse((_, _, Job(ticket, spec)))) = due.pop() {
+                        while due.front().is_some_and(|(at, _, _)| *at <= Instant::now()) {
+                            if let Some((_, ticket, spec)) = due.pop_front() {
                                 answer(&timer_sink, &ticket, spec);
                             }
                         }
@@ -64,26 +55,6 @@ impl EchoBackend {
             delayed,
             delay,
         })
-    }
-}
-
-/// A delayed job; ordered only by its place in the heap's key.
-struct Job(JobTicket, CrawlSpec);
-
-impl PartialEq for Job {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for Job {}
-impl PartialOrd for Job {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Job {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
     }
 }
 
